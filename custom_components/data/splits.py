@@ -1,0 +1,72 @@
+"""nnU-Net's cross-validation split and the data lists that the bundle configs read."""
+
+from __future__ import annotations
+
+import os
+
+from sklearn.model_selection import KFold
+
+from custom_components.data.dataset import read_dataset, require_training_cases
+from custom_components.data.errors import DatasetError
+
+N_FOLDS = 5
+SPLIT_SEED = 12345  # nnU-Net's seed for KFold(5, shuffle=True)
+
+
+def kfold_split(case_ids: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> list[dict[str, list[str]]]:
+    """nnU-Net's split: KFold over the sorted case ids, shuffled with a fixed seed."""
+    ids = sorted(case_ids)
+    if len(ids) < n_folds:
+        raise DatasetError(f"{len(ids)} training cases cannot be split into {n_folds} folds; use fold 'all'")
+    folds = []
+    for train_idx, val_idx in KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(ids):
+        folds.append({"train": [ids[i] for i in train_idx], "val": [ids[i] for i in val_idx]})
+    return folds
+
+
+def _is_all(fold) -> bool:
+    return str(fold).lower() == "all"
+
+
+def _as_item(case: dict) -> dict:
+    return {"image": case["image"], "label": case["label"], "id": case["id"]}
+
+
+def training_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, val_interval: int = 1,
+                      num_channels: int | None = None) -> list[dict]:
+    """The cases a fold trains on. Fold 'all', a single case, or no validation means every case.
+
+    `num_channels` is the plan's: a dataset with another channel count was planned for another dataset."""
+    info = read_dataset(dataset_dir)
+    if num_channels is not None and info.num_channels != int(num_channels):
+        raise DatasetError(
+            f"{info.root}/dataset.json names {info.num_channels} channel(s) but the bundle's plan (configs/plans.json) "
+            f"was made for {num_channels}: re-run scripts.plan on this dataset"
+        )
+    cases = require_training_cases(info)
+    if _is_all(fold) or val_interval <= 0 or len(cases) < 2:
+        return [_as_item(c) for c in cases]
+    keep = set(kfold_split([c["id"] for c in cases])[int(fold)]["train"])
+    return [_as_item(c) for c in cases if c["id"] in keep]
+
+
+def validation_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, val_interval: int = 1) -> list[dict]:
+    """The held-out cases of a fold; empty for fold 'all' (nnU-Net then trains without validation)."""
+    cases = require_training_cases(read_dataset(dataset_dir))
+    if _is_all(fold) or val_interval <= 0 or len(cases) < 2:
+        return []
+    keep = set(kfold_split([c["id"] for c in cases])[int(fold)]["val"])
+    return [_as_item(c) for c in cases if c["id"] in keep]
+
+
+def inference_datalist(dataset_dir: str | os.PathLike, require_labels: bool = False) -> list[dict]:
+    """Every image of `imagesTs/` (with its `labelsTs/` label when there is one)."""
+    info = read_dataset(dataset_dir)
+    if not info.test:
+        raise DatasetError(f"{info.root}/imagesTs: no test images found")
+    items = []
+    for case in info.test:
+        if require_labels and "label" not in case:
+            raise DatasetError(f"{info.root}/labelsTs: no label for test case '{case['id']}'")
+        items.append(dict(case))
+    return items

@@ -1,0 +1,110 @@
+"""Per-case and mean Dice and HD95 per class, scored in the input's own geometry; JSON and CSV outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.networks.utils import one_hot
+
+from custom_components.io_utils import atomic_write_json, atomic_write_text
+from custom_components.inference.writer import _source, case_id_from_path
+from custom_components.transforms.resampling import spacing_from_affine
+
+
+def score_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int, spacing=None) -> dict[str, list[float]]:
+    """Dice and HD95 (mm when `spacing` is given) for classes 1..num_classes-1 of one case.
+
+    Dice is NaN when a class is absent from both prediction and label (nnU-Net's convention); HD95 is NaN when
+    either is empty."""
+    p = one_hot(pred.reshape(1, 1, *pred.shape[-3:]).long(), num_classes)
+    t = one_hot(label.reshape(1, 1, *label.shape[-3:]).long(), num_classes)
+    dice = compute_dice(p, t, include_background=False, ignore_empty=True)[0]
+    hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95,
+                                    spacing=None if spacing is None else [float(s) for s in spacing])[0]
+    empty = (p[0, 1:].flatten(1).sum(1) == 0) | (t[0, 1:].flatten(1).sum(1) == 0)
+    hd[empty] = float("nan")
+    return {"dice": [float(v) for v in dice], "hd95": [float(v) for v in hd]}
+
+
+def _clean(v: float):
+    return None if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))) else round(v, 6)
+
+
+def summarise(cases: list[dict], class_names: list[str]) -> dict:
+    """`mean_dice` is the mean over foreground classes of the per-class means over cases (NaNs skipped)."""
+    per_class = {}
+    for i, name in enumerate(class_names):
+        d = np.array([c["dice"][i] for c in cases], dtype=float)
+        h = np.array([c["hd95"][i] for c in cases], dtype=float)
+        per_class[name] = {
+            "dice": _clean(float(np.nanmean(d))) if np.isfinite(d).any() else None,
+            "hd95": _clean(float(np.nanmean(h))) if np.isfinite(h).any() else None,
+        }
+    dices = [v["dice"] for v in per_class.values() if v["dice"] is not None]
+    hds = [v["hd95"] for v in per_class.values() if v["hd95"] is not None]
+    return {
+        "mean_dice": _clean(float(np.mean(dices))) if dices else None,
+        "mean_hd95": _clean(float(np.mean(hds))) if hds else None,
+        "num_cases": len(cases),
+        "per_class": per_class,
+        "cases": [{"case": c["case"], "dice": dict(zip(class_names, map(_clean, c["dice"]))),
+                   "hd95": dict(zip(class_names, map(_clean, c["hd95"])))} for c in cases],
+    }
+
+
+def write_report(summary: dict, output_dir: str | os.PathLike, class_names: list[str]) -> None:
+    out = Path(output_dir)
+    atomic_write_json(out / "metrics.json", summary)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["case"] + [f"dice_{n}" for n in class_names] + [f"hd95_{n}" for n in class_names])
+    for c in summary["cases"]:
+        w.writerow([c["case"]] + [c["dice"][n] for n in class_names] + [c["hd95"][n] for n in class_names])
+    w.writerow(["mean"] + [summary["per_class"][n]["dice"] for n in class_names] + [summary["per_class"][n]["hd95"] for n in class_names])
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
+
+
+class SegmentationReport:
+    """Ignite handler for the evaluate workflow: scores every `pred` against its `label`, then writes
+    `metrics.json` (with `mean_dice` at the top level) and `metrics.csv` to `output_dir` and prints the means."""
+
+    def __init__(self, output_dir: str, labels: Mapping[str, int], pred_key: str = "pred", label_key: str = "label") -> None:
+        self.output_dir = output_dir
+        self.class_names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+        self.num_classes = max(labels.values()) + 1
+        self.pred_key, self.label_key = pred_key, label_key
+        self.cases: list[dict] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, lambda e: self.cases.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.score)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def score(self, engine) -> None:
+        items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        for item in items:
+            pred, label = item[self.pred_key], item[self.label_key]
+            if tuple(pred.shape[-3:]) != tuple(label.shape[-3:]):
+                raise ValueError(f"{_source(item, self.label_key)}: prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
+            spacing = spacing_from_affine(label.affine.cpu().numpy()) if isinstance(label, MetaTensor) else None
+            scores = score_case(pred, label, self.num_classes, spacing)
+            scores["case"] = case_id_from_path(_source(item, self.label_key))
+            self.cases.append(scores)
+
+    def write(self, engine) -> None:
+        summary = summarise(self.cases, self.class_names)
+        write_report(summary, self.output_dir, self.class_names)
+        engine.state.metrics["mean_dice"] = summary["mean_dice"]
+        per = ", ".join(f"{n} {v['dice']}" for n, v in summary["per_class"].items())
+        print(f"test Dice: mean {summary['mean_dice']} ({per}) over {summary['num_cases']} cases -> {self.output_dir}/metrics.json", flush=True)

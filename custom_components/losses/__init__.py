@@ -1,0 +1,3 @@
+"""Training losses."""
+
+from custom_components.losses.deep_supervision import DeepSupervisionDiceCELoss

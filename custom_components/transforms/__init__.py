@@ -1,0 +1,5 @@
+"""MONAI transforms for nnU-Net's preprocessing: checks, normalisation and anisotropic resampling."""
+
+from custom_components.transforms.checks import CheckImaged, is_nonzero, source_name
+from custom_components.transforms.intensity import NormalizeIntensityByPland, normalize_channel
+from custom_components.transforms.resampling import AnisotropicResampled

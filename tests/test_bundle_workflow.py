@@ -1,0 +1,186 @@
+"""The Foundation command sequence, run for real through `python -m monai.bundle` on a small demo dataset:
+plan, train (a few iterations), resume, infer, evaluate, verify_metadata, verify_net_in_out, ckpt_export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "bundles" / "nnunet_3d_fullres"
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def bundle_run(workflow: str, bundle: Path, *overrides: str, config: str | None = None) -> subprocess.CompletedProcess:
+    cfg = bundle / "configs" / f"{config or workflow}.yaml"
+    return run("-m", "monai.bundle", "run", workflow, "--config_file", str(cfg), "--bundle_root", str(bundle), *overrides)
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """Demo data (6 training, 2 test cases) and a planned nnunet_3d_fullres bundle."""
+    base = tmp_path_factory.mktemp("workflow")
+    data, bundle = base / "data", base / "bundle"
+    run("-m", "scripts.make_demo_data", "--output_dir", str(data), "--n_train", "6", "--n_test", "2")
+    proc = run("-m", "scripts.plan", "--dataset_dir", str(data), "--template", str(TEMPLATE), "--output_dir", str(bundle))
+    assert "target spacing" in proc.stdout and "patch" in proc.stdout
+    return data, bundle
+
+
+@pytest.fixture(scope="module")
+def trained(planned):
+    data, bundle = planned
+    proc = bundle_run("training", bundle, "--dataset_dir", str(data), "--train#trainer#max_epochs", "1",
+                      "--iterations_per_epoch", "3", "--val_interval", "1")
+    assert "epoch 1/1" in proc.stdout
+    return data, bundle
+
+
+def test_plan_shows_nnunet_anisotropy_rules_on_demo_data(planned):
+    data, bundle = planned
+    plans = json.loads((bundle / "configs" / "plans.json").read_text())
+    conf = plans["configurations"]["3d_fullres"]
+    spacings = np.array(plans["fingerprint"]["spacings"])
+    coarse = conf["coarse_axis"]
+    assert coarse == 2 and conf["anisotropic"]
+    # the coarse axis takes the 10th percentile of its spacings, the others the median
+    median = np.median(spacings, axis=0)
+    assert conf["spacing"][coarse] == pytest.approx(max(np.percentile(spacings[:, coarse], 10), median[:2].max()), rel=1e-6)
+    assert conf["spacing"][coarse] < median[coarse]
+    assert conf["spacing"][0] == pytest.approx(np.median(spacings[:, 0]), rel=1e-6)
+    # in-plane-only pooling first, kernel 1 through-plane at the first stage
+    assert conf["strides"][1][coarse] == 1 and conf["strides"][1][0] == 2
+    assert conf["kernel_sizes"][0][coarse] == 1 and conf["kernel_sizes"][0][0] == 3
+    assert plans["normalization"][0]["scheme"] == "CT"
+
+
+def test_planned_configs_are_flat_and_carry_the_plan(planned):
+    import yaml
+
+    _, bundle = planned
+    for name in ("train", "inference", "evaluate"):
+        cfg = yaml.safe_load((bundle / "configs" / f"{name}.yaml").read_text())
+        assert "_include_" not in cfg
+        for key in ("bundle_root", "dataset_dir", "output_dir", "device", "network_def", "inferer", "plan"):
+            assert key in cfg, f"{name}.yaml lacks {key}"
+    train = yaml.safe_load((bundle / "configs" / "train.yaml").read_text())
+    for key in ("train", "validate", "run", "training", "iterations_per_epoch", "val_interval"):
+        assert key in train
+    assert {"trainer", "dataset", "handlers"} <= set(train["train"]) and {"evaluator", "dataset"} <= set(train["validate"])
+    infer = yaml.safe_load((bundle / "configs" / "inference.yaml").read_text())
+    assert {"preprocessing", "postprocessing", "inference", "run"} <= set(infer)
+    assert not (bundle / "configs" / "network.yaml").exists()  # include-only fragment is folded in
+
+
+def test_training_writes_model_checkpoint_progress_and_curve(trained):
+    data, bundle = trained
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)  # the inference network's state_dict, no deep-supervision heads
+    assert (bundle / "models" / "checkpoint_latest.pt").is_file()
+    history = json.loads((bundle / "logs" / "progress.json").read_text())
+    assert [h["epoch"] for h in history] == [1] and history[0]["val_dice"] is not None
+    assert (bundle / "logs" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_resumes_from_its_last_checkpoint(trained, tmp_path):
+    data, bundle = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    proc = bundle_run("training", copy, "--dataset_dir", str(data), "--train#trainer#max_epochs", "2",
+                      "--iterations_per_epoch", "2", "--val_interval", "0")
+    assert "resuming from" in proc.stdout and "epoch 2/2" in proc.stdout and "epoch 1/2" not in proc.stdout
+    history = json.loads((copy / "logs" / "progress.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_fold_all_trains_on_every_case_without_validation(planned, tmp_path):
+    data, bundle = planned
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "logs"))
+    proc = bundle_run("training", copy, "--dataset_dir", str(data), "--train#trainer#max_epochs", "1",
+                      "--iterations_per_epoch", "1", "--fold", "all")
+    assert "val Dice" not in proc.stdout
+    assert (copy / "models" / "model.pt").is_file()
+
+
+def test_inference_predicts_every_test_image_in_its_own_geometry(trained, tmp_path):
+    data, bundle = trained
+    out = tmp_path / "pred"
+    bundle_run("inference", bundle, "--dataset_dir", str(data), "--output_dir", str(out))
+    images = sorted((data / "imagesTs").glob("*.nii.gz"))
+    assert len(images) == 2
+    for img_path in images:
+        case = img_path.name.replace("_0000.nii.gz", "")
+        pred, img = nib.load(out / f"{case}.nii.gz"), nib.load(img_path)
+        assert pred.shape == img.shape
+        np.testing.assert_allclose(pred.affine, img.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+
+
+def test_evaluate_writes_dice_and_hd95_per_case_and_class(trained, tmp_path):
+    data, bundle = trained
+    out = tmp_path / "eval"
+    proc = bundle_run("evaluate", bundle, "--dataset_dir", str(data), "--output_dir", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["mean_dice"] <= 1.0
+    assert metrics["num_cases"] == 2 and set(metrics["per_class"]) == {"organ", "lesion"}
+    assert {"dice", "hd95"} <= set(metrics["cases"][0])
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("case,dice_organ,dice_lesion,hd95_organ") and len(rows) == 4
+    assert "test Dice" in proc.stdout
+
+
+def test_metadata_validates_against_the_shipped_schema(planned):
+    _, bundle = planned
+    run("-m", "monai.bundle", "verify_metadata", "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--filepath", str(ROOT / "schemas" / "meta_schema.json"))
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    assert list(fmt["inputs"]) == ["image"] and list(fmt["outputs"]) == ["pred"]
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "organ", "2": "lesion"}
+
+
+def test_verify_net_in_out_passes(planned):
+    _, bundle = planned
+    run("-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--config_file", str(bundle / "configs" / "inference.yaml"), "--device", "cpu", "--n", "4")
+
+
+def test_torchscript_export_matches_eager_network(trained, tmp_path):
+    data, bundle = trained
+    proc = run("-m", "scripts.export", "--bundle_root", str(bundle))
+    assert "max |scripted - eager|" in proc.stdout
+    ts = bundle / "models" / "model.ts"
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(ts), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    net = parser.get_parsed_content("network_def").eval()
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    x = torch.randn(1, 1, *parser.get_parsed_content("patch_size"))
+    with torch.no_grad():
+        assert float((scripted(x) - net(x)).abs().max()) < 1e-4
