@@ -28,7 +28,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def bundle_run(workflow: str, bundle: Path, *overrides: str, config: str | None = None) -> subprocess.CompletedProcess:
-    cfg = bundle / "configs" / f"{config or workflow}.yaml"
+    cfg = bundle / "configs" / f"{config or {'training': 'train'}.get(workflow, workflow)}.yaml"
     return run("-m", "monai.bundle", "run", workflow, "--config_file", str(cfg), "--bundle_root", str(bundle), *overrides)
 
 
