@@ -11,7 +11,7 @@ D="$WORK/data"; W="$WORK/nnunet_3d_fullres"; O="$WORK/predictions"
 start=$(date +%s)
 step() { echo; echo "== $1 ($(( $(date +%s) - start )) s)"; }
 # hide MONAI's INFO log lines: show progress lines, results and errors
-quiet() { grep -v " - INFO - \|nvImageCodec\|NvImgCodec" || true; }
+quiet() { grep --line-buffered -v " - INFO - \|nvImageCodec\|NvImgCodec" || true; }
 
 step "demo data"
 "$PY" -m scripts.make_demo_data --output_dir "$D"

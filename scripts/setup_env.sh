@@ -12,7 +12,10 @@ fi
 STAMP="$VENV/.requirements.sha256"
 WANT="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt"
+  echo "installing requirements.txt into $VENV ..."
+  # (pip's notes about unreadable local index folders are noise on some machines: filtered)
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$WANT" > "$STAMP"
 fi
 PY="$VENV/bin/python"

@@ -1,0 +1,1 @@
+"""Post-processing of predicted label maps (connected-component rules chosen by cross-validation)."""
