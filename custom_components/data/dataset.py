@@ -90,6 +90,11 @@ def _v2_cases(root: Path, images: str, labels: str | None, ending: str, n_channe
         m = pattern.match(entry)
         if m:
             by_case.setdefault(m.group(1), {})[int(m.group(2))] = str(img_dir / entry)
+    if require_labels and labels is not None and (root / labels).is_dir():
+        for entry in sorted(os.listdir(root / labels)):
+            if entry.endswith(ending) and _case_id(entry, ending) not in by_case:
+                case_id = _case_id(entry, ending)
+                raise DatasetError(f"{img_dir / f'{case_id}_0000{ending}'}: image file is missing for label {root / labels / entry}")
     cases = []
     for case_id, channels in sorted(by_case.items()):
         missing = [c for c in range(n_channels) if c not in channels]
@@ -166,6 +171,9 @@ def read_dataset(dataset_dir: str | os.PathLike) -> DatasetInfo:
             raise DatasetError(f"{path}: file_ending '{ending}' is not supported; use one of {NIFTI_ENDINGS}")
         training = _v2_cases(root, "imagesTr", "labelsTr", ending, len(channel_names), require_labels=True)
         test = _v2_cases(root, "imagesTs", "labelsTs", ending, len(channel_names), require_labels=False)
+    declared = content.get("numTraining")
+    if isinstance(declared, int) and training and declared != len(training):
+        raise DatasetError(f"{path}: numTraining is {declared} but {len(training)} training case(s) were found")
     ids = [c["id"] for c in training]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

@@ -41,27 +41,25 @@ def default_memory_gb() -> tuple[float, str]:
 def fingerprint_dataset(info: DatasetInfo, seed: int = FINGERPRINT_SEED) -> dict:
     """nnU-Net's dataset fingerprint over every training case (spacings, cropped shapes, foreground intensities)."""
     cases = require_training_cases(info)
-    load = Compose([
-        LoadImaged(["image", "label"], image_only=True),
-        EnsureChannelFirstd(["image", "label"]),
-        CheckImaged("image", spatial_dims=3, num_channels=info.num_channels, label_key="label",
-                    label_values=list(info.labels.values())),
-    ])
+    load = {key: Compose([LoadImaged(key, image_only=True), EnsureChannelFirstd(key)]) for key in ("image", "label")}
+    check = CheckImaged("image", spatial_dims=3, num_channels=info.num_channels, label_key="label",
+                        label_values=list(info.labels.values()))
     rng = np.random.default_rng(seed)
     per_case = foreground_samples_per_case(len(cases))
     prints = []
     for case in cases:
-        try:
-            d = load({"image": case["image"], "label": case["label"]})
-        except RuntimeError as e:  # MONAI wraps transform errors; surface ours, keep the file name of others
-            cause = e.__cause__ or e
-            if isinstance(cause, DatasetError):
-                raise cause from None
-            raise DatasetError(f"{case['image']}: cannot be read ({cause})") from e
+        d = {}
+        for key in ("image", "label"):
+            try:
+                d.update(load[key]({key: case[key]}))
+            except RuntimeError as e:  # MONAI wraps loader errors: name the file that failed
+                paths = case[key] if isinstance(case[key], list) else [case[key]]
+                raise DatasetError(f"{', '.join(map(str, paths))}: cannot be read ({e.__cause__ or e})") from e
+        d = check(d)
         img, lab = d["image"], d["label"]
         spacing = spacing_from_affine(img.affine.numpy())
         if np.any(spacing <= 0):
-            raise DatasetError(f"{case['image']}: spacing {spacing.tolist()} is not positive")
+            raise DatasetError(f"{', '.join(map(str, case['image']))}: spacing {spacing.tolist()} is not positive")
         prints.append(case_fingerprint(img.numpy().astype(np.float32), lab.numpy()[0].astype(np.int16), spacing, per_case, rng))
     fp = aggregate_fingerprint(prints)
     fp["case_ids"] = [c["id"] for c in cases]

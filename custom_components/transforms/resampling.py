@@ -35,7 +35,7 @@ def separate_axis(spacing: Sequence[float], target: Sequence[float], threshold: 
     """The low-resolution axis to treat separately, or None (nnU-Net checks the current, then the target spacing)."""
     for sp in (np.asarray(spacing, float), np.asarray(target, float)):
         if sp.max() / sp.min() > threshold:
-            low = np.flatnonzero(sp / sp.min() > threshold)
+            low = np.flatnonzero(sp == sp.max())  # nnU-Net: the axes at the largest spacing
             return int(low[0]) if len(low) == 1 else None
     return None
 
