@@ -184,3 +184,44 @@ def test_torchscript_export_matches_eager_network(trained, tmp_path):
     x = torch.randn(1, 1, *parser.get_parsed_content("patch_size"))
     with torch.no_grad():
         assert float((scripted(x) - net(x)).abs().max()) < 1e-4
+
+
+def _msd_two_channel_dataset(root: Path, n_train: int = 5, n_test: int = 1) -> Path:
+    """An MSD-layout dataset whose cases are 4D NIfTI files with a CT channel and an MR-like channel."""
+    from custom_components.data.demo import synth_case
+
+    rng = np.random.default_rng(3)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / sub).mkdir(parents=True)
+    training = []
+    for i in range(n_train + n_test):
+        ct, label, affine = synth_case(rng)
+        mr = np.where(ct > -500, 600.0 - 2.0 * ct.astype(np.float32), 0.0)  # nonzero only inside the body
+        image = np.stack([ct.astype(np.float32), mr.astype(np.float32)], axis=-1)
+        split = "Tr" if i < n_train else "Ts"
+        nib.save(nib.Nifti1Image(image, affine), root / f"images{split}" / f"case{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / f"labels{split}" / f"case{i}.nii.gz")
+        if split == "Tr":
+            training.append({"image": f"./imagesTr/case{i}.nii.gz", "label": f"./labelsTr/case{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "TwoChannel", "modality": {"0": "CT", "1": "T2"},
+        "labels": {"0": "background", "1": "organ", "2": "lesion"},
+        "training": training, "test": [f"./imagesTs/case{i}.nii.gz" for i in range(n_train, n_train + n_test)],
+    }))
+    return root
+
+
+def test_multi_channel_msd_dataset_plans_trains_and_predicts(tmp_path):
+    data = _msd_two_channel_dataset(tmp_path / "data")
+    bundle = tmp_path / "bundle"
+    run("-m", "scripts.plan", "--dataset_dir", str(data), "--template", str(TEMPLATE), "--output_dir", str(bundle))
+    plans = json.loads((bundle / "configs" / "plans.json").read_text())
+    assert plans["num_channels"] == 2
+    assert [n["scheme"] for n in plans["normalization"]] == ["CT", "zscore"]
+    bundle_run("training", bundle, "--dataset_dir", str(data), "--train#trainer#max_epochs", "1",
+               "--iterations_per_epoch", "1", "--val_interval", "0")
+    out = tmp_path / "pred"
+    bundle_run("inference", bundle, "--dataset_dir", str(data), "--output_dir", str(out), "--use_mirroring", "false")
+    pred, img = nib.load(out / "case5.nii.gz"), nib.load(data / "imagesTs" / "case5.nii.gz")
+    assert pred.shape == img.shape[:3]
+    np.testing.assert_allclose(pred.affine, img.affine, atol=1e-5)
