@@ -32,28 +32,58 @@ def bundle_run(workflow: str, bundle: Path, *overrides: str, config: str | None 
     return run("-m", "monai.bundle", "run", workflow, "--config_file", str(cfg), "--bundle_root", str(bundle), *overrides)
 
 
-@pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    """Demo data (6 training, 2 test cases) and a planned nnunet_3d_fullres bundle."""
-    base = tmp_path_factory.mktemp("workflow")
-    data, bundle = base / "data", base / "bundle"
-    run("-m", "scripts.make_demo_data", "--output_dir", str(data), "--n_train", "6", "--n_test", "2")
-    proc = run("-m", "scripts.plan", "--dataset_dir", str(data), "--template", str(TEMPLATE), "--output_dir", str(bundle))
-    assert "target spacing" in proc.stdout and "patch" in proc.stdout
-    return data, bundle
+TEMPLATES = ["nnunet_3d_fullres", "nnunet_2d"]
+_prepared: dict = {}
+
+
+def _prepare(tmp_path_factory, template: str, trained: bool):
+    """Demo data (6 training, 2 test cases), a planned bundle of `template`, and optionally a short training;
+    made once per module and template."""
+    key = (template, trained)
+    if key in _prepared:
+        return _prepared[key]
+    if "data" not in _prepared:
+        data = tmp_path_factory.mktemp("data") / "demo"
+        run("-m", "scripts.make_demo_data", "--output_dir", str(data), "--n_train", "6", "--n_test", "2")
+        _prepared["data"] = data
+    data = _prepared["data"]
+    if (template, False) not in _prepared:
+        bundle = tmp_path_factory.mktemp(template) / "bundle"
+        proc = run("-m", "scripts.plan", "--dataset_dir", str(data), "--template", str(ROOT / "bundles" / template),
+                   "--output_dir", str(bundle))
+        assert "target spacing" in proc.stdout and "patch" in proc.stdout
+        _prepared[(template, False)] = (data, bundle)
+    if trained:
+        data, bundle = _prepared[(template, False)]
+        proc = bundle_run("training", bundle, "--dataset_dir", str(data), "--train#trainer#max_epochs", "1",
+                          "--iterations_per_epoch", "3", "--val_interval", "1")
+        assert "epoch 1/1" in proc.stdout
+        _prepared[key] = (data, bundle)
+    return _prepared[key]
+
+
+@pytest.fixture(scope="module", params=TEMPLATES)
+def planned(request, tmp_path_factory):
+    return _prepare(tmp_path_factory, request.param, trained=False)
+
+
+@pytest.fixture(scope="module", params=TEMPLATES)
+def trained(request, tmp_path_factory):
+    return _prepare(tmp_path_factory, request.param, trained=True)
 
 
 @pytest.fixture(scope="module")
-def trained(planned):
-    data, bundle = planned
-    proc = bundle_run("training", bundle, "--dataset_dir", str(data), "--train#trainer#max_epochs", "1",
-                      "--iterations_per_epoch", "3", "--val_interval", "1")
-    assert "epoch 1/1" in proc.stdout
-    return data, bundle
+def planned_3d(tmp_path_factory):
+    return _prepare(tmp_path_factory, "nnunet_3d_fullres", trained=False)
 
 
-def test_plan_shows_nnunet_anisotropy_rules_on_demo_data(planned):
-    data, bundle = planned
+@pytest.fixture(scope="module")
+def trained_3d(tmp_path_factory):
+    return _prepare(tmp_path_factory, "nnunet_3d_fullres", trained=True)
+
+
+def test_plan_shows_nnunet_anisotropy_rules_on_demo_data(planned_3d):
+    data, bundle = planned_3d
     plans = json.loads((bundle / "configs" / "plans.json").read_text())
     conf = plans["configurations"]["3d_fullres"]
     spacings = np.array(plans["fingerprint"]["spacings"])
@@ -85,7 +115,7 @@ def test_planned_configs_are_flat_and_carry_the_plan(planned):
     assert {"trainer", "dataset", "handlers"} <= set(train["train"]) and {"evaluator", "dataset"} <= set(train["validate"])
     infer = yaml.safe_load((bundle / "configs" / "inference.yaml").read_text())
     assert {"preprocessing", "postprocessing", "inference", "run"} <= set(infer)
-    assert not (bundle / "configs" / "network.yaml").exists()  # include-only fragment is folded in
+    assert not (bundle / "configs" / "slicing.yaml").exists()  # bundle-local include fragments are folded in
 
 
 def test_training_writes_model_checkpoint_progress_and_curve(trained):
@@ -103,8 +133,8 @@ def test_training_writes_model_checkpoint_progress_and_curve(trained):
     assert (bundle / "logs" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_training_resumes_from_its_last_checkpoint(trained, tmp_path):
-    data, bundle = trained
+def test_training_resumes_from_its_last_checkpoint(trained_3d, tmp_path):
+    data, bundle = trained_3d
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     proc = bundle_run("training", copy, "--dataset_dir", str(data), "--train#trainer#max_epochs", "2",
@@ -114,8 +144,8 @@ def test_training_resumes_from_its_last_checkpoint(trained, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
-def test_fold_all_trains_on_every_case_without_validation(planned, tmp_path):
-    data, bundle = planned
+def test_fold_all_trains_on_every_case_without_validation(planned_3d, tmp_path):
+    data, bundle = planned_3d
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "logs"))
     proc = bundle_run("training", copy, "--dataset_dir", str(data), "--train#trainer#max_epochs", "1",
@@ -181,7 +211,7 @@ def test_torchscript_export_matches_eager_network(trained, tmp_path):
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
     net = parser.get_parsed_content("network_def").eval()
     net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
-    x = torch.randn(1, 1, *parser.get_parsed_content("patch_size"))
+    x = torch.randn(1, 1, *parser.get_parsed_content("patch_size"))  # 2D or 3D, as the plan says
     with torch.no_grad():
         assert float((scripted(x) - net(x)).abs().max()) < 1e-4
 
@@ -225,3 +255,14 @@ def test_multi_channel_msd_dataset_plans_trains_and_predicts(tmp_path):
     pred, img = nib.load(out / "case5.nii.gz"), nib.load(data / "imagesTs" / "case5.nii.gz")
     assert pred.shape == img.shape[:3]
     np.testing.assert_allclose(pred.affine, img.affine, atol=1e-5)
+
+
+def test_2d_bundle_plans_slices_along_the_coarse_axis(planned_3d, tmp_path):
+    import yaml
+
+    data, _ = planned_3d
+    bundle = tmp_path / "bundle2d"
+    run("-m", "scripts.plan", "--dataset_dir", str(data), "--template", str(ROOT / "bundles" / "nnunet_2d"), "--output_dir", str(bundle))
+    plan = yaml.safe_load((bundle / "configs" / "train.yaml").read_text())["plan"]
+    assert plan["configuration"] == "2d" and plan["spatial_dims"] == 2 and plan["slice_axis"] == 2
+    assert len(plan["patch_size"]) == 2 and plan["spacing"][2] == -1

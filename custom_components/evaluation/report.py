@@ -23,15 +23,22 @@ from custom_components.transforms.resampling import spacing_from_affine
 def score_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int, spacing=None) -> dict[str, list[float]]:
     """Dice and HD95 (mm when `spacing` is given) for classes 1..num_classes-1 of one case.
 
-    Dice is NaN when a class is absent from both prediction and label (nnU-Net's convention); HD95 is NaN when
-    either is empty."""
+    Dice is NaN when a class is absent from both prediction and label, 0 when only the label lacks it (nnU-Net's
+    convention); HD95 is NaN when either is empty."""
     p = one_hot(pred.reshape(1, 1, *pred.shape[-3:]).long(), num_classes)
     t = one_hot(label.reshape(1, 1, *label.shape[-3:]).long(), num_classes)
-    dice = compute_dice(p, t, include_background=False, ignore_empty=True)[0]
-    hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95,
-                                    spacing=None if spacing is None else [float(s) for s in spacing])[0]
-    empty = (p[0, 1:].flatten(1).sum(1) == 0) | (t[0, 1:].flatten(1).sum(1) == 0)
-    hd[empty] = float("nan")
+    pred_empty = p[0, 1:].flatten(1).sum(1) == 0
+    label_empty = t[0, 1:].flatten(1).sum(1) == 0
+    # a class predicted where the label has none scores 0 (a false positive), not NaN
+    dice = compute_dice(p, t, include_background=False, ignore_empty=False)[0]
+    dice[pred_empty & label_empty] = float("nan")
+    hd = torch.full_like(dice, float("nan"))
+    both = ~(pred_empty | label_empty)
+    if both.any():  # HD95 only where both masks exist (it is undefined otherwise)
+        idx = [0] + [int(i) + 1 for i in torch.nonzero(both).flatten()]
+        hd_both = compute_hausdorff_distance(p[:, idx], t[:, idx], include_background=False, percentile=95,
+                                             spacing=None if spacing is None else [float(s) for s in spacing])[0]
+        hd[both] = hd_both.to(hd.dtype)
     return {"dice": [float(v) for v in dice], "hd95": [float(v) for v in hd]}
 
 

@@ -1,4 +1,5 @@
 """Inference: nnU-Net's sliding window with mirroring, and writing predictions."""
 
-from custom_components.inference.mirroring import MirroredSlidingWindowInferer, mirror_combinations
-from custom_components.inference.writer import PredictionWriter
+from custom_components.inference.mirroring import MirroredSlidingWindowInferer, mirror_axes, mirror_combinations
+from custom_components.inference.writer import KeepProbabilitiesd, PredictionWriter, save_probabilities
+from custom_components.inference.ensemble import FoldEnsemble, fold_dirs, load_inference_network, parse_folds

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from custom_components.io_utils import atomic_save_nifti
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from custom_components.io_utils import atomic_path, atomic_save_nifti
 
 
 def case_id_from_path(path: str) -> str:
@@ -37,8 +40,36 @@ def save_label_map(pred: torch.Tensor, affine, path: str | os.PathLike) -> None:
     atomic_save_nifti(nib.Nifti1Image(arr.astype(dtype), np.asarray(affine, dtype=np.float64)), path)
 
 
+PROBABILITIES_KEY = "pred_probabilities"
+
+
+class KeepProbabilitiesd(MapTransform):
+    """When `enabled`, keep a copy of the soft prediction (after inversion, before argmax) under
+    `pred_probabilities`, for cross-validation and ensembling; otherwise do nothing."""
+
+    def __init__(self, keys: KeysCollection = "pred", enabled: bool = False, name: str = PROBABILITIES_KEY) -> None:
+        super().__init__(keys)
+        self.enabled = bool(enabled)
+        self.name = name
+
+    def __call__(self, data):
+        d = dict(data)
+        if self.enabled:
+            for key in self.key_iterator(d):
+                d[self.name] = torch.as_tensor(d[key]).detach().clone()
+        return d
+
+
+def save_probabilities(probs: torch.Tensor, path: str | os.PathLike) -> None:
+    """Soft predictions as float16 `probabilities` (C, X, Y, Z) in a compressed .npz, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, probabilities=probs.detach().cpu().numpy().astype(np.float16))
+
+
 class PredictionWriter:
-    """Ignite handler: after each iteration, save `pred` of every item as a NIfTI label map in `output_dir`."""
+    """Ignite handler: after each iteration, save `pred` of every item as a NIfTI label map in `output_dir`
+    (and its probabilities as `<case>.npz` when the post-processing kept them)."""
 
     def __init__(self, output_dir: str, key: str = "pred") -> None:
         self.output_dir = Path(output_dir)
@@ -57,3 +88,5 @@ class PredictionWriter:
             path = self.output_dir / f"{case_id_from_path(_source(item, self.key))}.nii.gz"
             save_label_map(pred, pred.affine if isinstance(pred, MetaTensor) else np.eye(4), path)
             self.written.append(str(path))
+            if PROBABILITIES_KEY in item:
+                save_probabilities(item[PROBABILITIES_KEY], self.output_dir / f"{case_id_from_path(_source(item, self.key))}.npz")

@@ -82,6 +82,15 @@ def resolve_config(path: str | os.PathLike, _seen: tuple = ()) -> tuple[dict, li
     return merge_configs(merged, own), local
 
 
+def template_configuration(template: str | os.PathLike) -> str:
+    """The plans.json configuration a template is built for (`plan_configuration` in its train config)."""
+    path = Path(template) / "configs" / "train.yaml"
+    if not path.is_file():
+        raise DatasetError(f"{template}: not a bundle template (no configs/train.yaml)")
+    config, _ = resolve_config(path)
+    return str(config.get("plan_configuration", "3d_fullres"))
+
+
 def write_planned_bundle(template: str | os.PathLike, output_dir: str | os.PathLike, plans: Mapping,
                          plan: Mapping, dataset_dir: str) -> Path:
     """Copy the template to `output_dir`, write `configs/plans.json`, flatten every config that includes others."""

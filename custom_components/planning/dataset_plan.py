@@ -21,7 +21,15 @@ from custom_components.planning.fingerprint import (
     case_fingerprint,
     foreground_samples_per_case,
 )
-from custom_components.planning.planner import normalization_schemes, plan_3d_fullres, target_spacing
+from custom_components.planning.planner import (
+    LOWRES_COVERAGE_THRESHOLD,
+    normalization_schemes,
+    patch_coverage,
+    plan_2d,
+    plan_3d_fullres,
+    plan_3d_lowres,
+    target_spacing,
+)
 from custom_components.transforms.checks import CheckImaged
 from custom_components.transforms.resampling import spacing_from_affine
 
@@ -67,11 +75,21 @@ def fingerprint_dataset(info: DatasetInfo, seed: int = FINGERPRINT_SEED) -> dict
 
 
 def make_plans(info: DatasetInfo, fingerprint: Mapping, memory_gb: float, device: str,
-               base_features: int = 30, max_features: int = 320) -> dict:
-    """The plans.json content: fingerprint, normalisation and the 3D full-resolution configuration."""
+               base_features: int = 30, max_features: int = 320, force_lowres: bool = False) -> dict:
+    """The plans.json content: fingerprint, normalisation and nnU-Net's configurations.
+
+    Always "2d" and "3d_fullres"; "3d_lowres" when nnU-Net's cascade rule asks for it or `force_lowres`.
+    `lowres_rule` records the full-res patch coverage that the decision was made on.
+    """
     num_classes = info.num_classes
     fullres = plan_3d_fullres(fingerprint, info.num_channels, num_classes, memory_gb,
                               base_features=base_features, max_features=max_features)
+    two_d = plan_2d(fingerprint, info.num_channels, num_classes, memory_gb, base_features=base_features)
+    lowres = plan_3d_lowres(fingerprint, info.num_channels, num_classes, memory_gb, force=force_lowres,
+                            base_features=base_features, max_features=max_features)
+    configurations = {"2d": two_d, "3d_fullres": fullres}
+    if lowres is not None:
+        configurations["3d_lowres"] = lowres
     return {
         "plans_version": PLANS_VERSION,
         "dataset_name": info.name,
@@ -87,29 +105,43 @@ def make_plans(info: DatasetInfo, fingerprint: Mapping, memory_gb: float, device
             "median_spacing": [float(v) for v in np.median(np.asarray(fingerprint["spacings"]), axis=0)],
             "target_spacing": target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"]),
         },
+        "lowres_rule": {
+            "fullres_patch_coverage": patch_coverage(fullres),
+            "coverage_threshold": LOWRES_COVERAGE_THRESHOLD,
+            "forced": bool(force_lowres),
+            "planned": lowres is not None,
+        },
         "normalization": normalization_schemes(info.channel_names, fingerprint),
-        "configurations": {"3d_fullres": fullres},
+        "configurations": configurations,
     }
 
 
+PLAN_SECTION_KEYS = ("spacing", "patch_size", "batch_size", "features_per_stage", "kernel_sizes", "strides",
+                     "deep_supervision_weights", "do_dummy_2d_data_aug", "coarse_axis")
+PLAN_SECTION_KEYS_2D = ("slice_axis", "spacing_2d")
+
+
 def plan_section(plans: Mapping, configuration: str) -> dict:
-    """The flat `plan` section that the bundle configs read (`@plan#patch_size`, ...)."""
+    """The flat `plan` section that the bundle configs read (`@plan#patch_size`, ...), for any configuration."""
     if configuration not in plans["configurations"]:
         raise DatasetError(f"plans.json has no '{configuration}' configuration (has {sorted(plans['configurations'])})")
     conf = plans["configurations"][configuration]
-    return {
+    section = {
         "configuration": configuration,
         "num_channels": plans["num_channels"],
         "num_classes": plans["num_classes"],
         "labels": plans["labels"],
         "normalization": plans["normalization"],
-        **{k: conf[k] for k in ("spacing", "patch_size", "batch_size", "features_per_stage", "kernel_sizes", "strides",
-                                "deep_supervision_weights", "do_dummy_2d_data_aug", "coarse_axis")},
+        # plans written before spatial_dims was recorded: one patch edge per spatial axis
+        "spatial_dims": int(conf.get("spatial_dims", len(conf["patch_size"]))),
+        **{k: conf[k] for k in PLAN_SECTION_KEYS},
     }
+    section.update({k: conf[k] for k in PLAN_SECTION_KEYS_2D if k in conf})
+    return section
 
 
 def plan_dataset(dataset_dir: str | os.PathLike, memory_gb: float | None = None, base_features: int = 30,
-                 max_features: int = 320) -> dict:
+                 max_features: int = 320, force_lowres: bool = False) -> dict:
     info = read_dataset(dataset_dir)
     if memory_gb is None:
         memory_gb, device = default_memory_gb()
@@ -117,4 +149,5 @@ def plan_dataset(dataset_dir: str | os.PathLike, memory_gb: float | None = None,
         device = "given budget"
     if memory_gb <= 0:
         raise DatasetError(f"--memory_gb must be positive, got {memory_gb}")
-    return make_plans(info, fingerprint_dataset(info), float(memory_gb), device, base_features, max_features)
+    return make_plans(info, fingerprint_dataset(info), float(memory_gb), device, base_features, max_features,
+                      force_lowres=force_lowres)

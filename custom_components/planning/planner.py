@@ -1,10 +1,11 @@
-"""nnU-Net's rule-based planning of the 3D full-resolution configuration, JSON in and JSON out.
+"""nnU-Net's rule-based planning of the 3D full-res, 2D and 3D low-res configurations, JSON in and JSON out.
 
 Follows nnU-Net's default experiment planner (`default_experiment_planner.py`, `network_topology.py`):
 target spacing from the fingerprint, per-channel normalisation, initial patch from the spacing's aspect
 ratio, pooling/kernel topology, patch shrinking until an activation-memory estimate fits the budget, batch
 size from the remaining budget capped at 5% of the dataset. Every list is per array axis in file order
-(x, y, z): nnU-Net transposes the coarsest axis to the front, we keep the order and track the axis instead.
+(x, y, z): nnU-Net transposes the coarsest axis to the front, we keep the order and track the axis instead
+(the 2D plan records the axis it slices along; its in-plane lists keep the array order of the other two).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ INITIAL_PATCH_EDGE_2D = 2048
 MIN_BATCH_SIZE = 2
 MAX_DATASET_FRACTION = 0.05  # one batch may cover at most 5% of the dataset's voxels
 BYTES_PER_GB = 2**30  # memory budgets are in GiB
+KEEP_SPACING = -1.0  # a spacing entry that keeps each case's own spacing (MONAI's non-positive pixdim)
+LOWRES_COVERAGE_THRESHOLD = 0.25  # nnU-Net v2: 3d_lowres when the full-res patch covers less of the median image
+LOWRES_SPACING_FACTOR = 1.03  # low-res spacing grows by this factor per step
+LOWRES_FINE_AXIS_RATIO = 2  # axes more than 2x finer than the coarsest grow alone first
+LOWRES_MIN_VOXEL_RATIO = 2  # nnU-Net v2 drops 3d_lowres whose median image is not at least 2x smaller
+FORCED_LOWRES_VOXEL_RATIO = 4  # a forced 3d_lowres on data that do not need one: at most 1/4 of the voxels
 
 # Memory model of nnU-Net's plain conv U-Net (two conv-norm-LeakyReLU per stage, LeakyReLU in place):
 # an encoder stage keeps conv and norm outputs of both convs (4 tensors of its width); a decoder stage
@@ -213,11 +220,19 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[int], vo
     return [min(int(round(float(i * scale))), int(m)) for i, m in zip(inv, median_shape)]
 
 
-def plan_3d_fullres(
-    fingerprint: Mapping,
+def patch_coverage(plan: Mapping) -> float:
+    """Fraction of the plan's median image that one patch covers (nnU-Net's 3d_lowres criterion)."""
+    median_voxels = float(np.prod(plan["median_shape"], dtype=np.float64))
+    return float(np.prod(plan["patch_size"], dtype=np.float64)) / median_voxels if median_voxels > 0 else math.inf
+
+
+def plan_configuration(
+    spacing: Sequence[float],
+    shapes: Sequence[Sequence[int]],
     num_channels: int,
     num_classes: int,
     memory_gb: float,
+    dataset_voxels: float | None = None,
     base_features: int = BASE_FEATURES,
     max_features: int = MAX_FEATURES_3D,
     min_batch_size: int = MIN_BATCH_SIZE,
@@ -227,14 +242,17 @@ def plan_3d_fullres(
     max_stages: int | None = None,
     aniso_threshold: float = ANISO_THRESHOLD,
 ) -> dict:
-    """nnU-Net's full-resolution plan (works for 2D fingerprints too): topology, patch, batch, memory."""
-    spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
-    spacing = target_spacing(spacings, shapes, aniso_threshold=aniso_threshold)
+    """nnU-Net's `get_plans_for_configuration`: topology, patch, batch and memory at a given spacing.
+
+    `shapes` are the cases' shapes at `spacing`; `dataset_voxels` (default: their sum) sets the 5% batch cap.
+    """
+    spacing = [float(s) for s in spacing]
     dim = len(spacing)
-    new_shapes = resampled_shapes(spacings, shapes, spacing)
-    median_shape = [int(round(float(m))) for m in np.median(np.asarray(new_shapes, dtype=np.float64), axis=0)]
+    median_shape = [int(round(float(m))) for m in np.median(np.asarray(shapes, dtype=np.float64), axis=0)]
     if initial_patch_volume is None:
         initial_patch_volume = float(INITIAL_PATCH_EDGE_3D**3 if dim == 3 else INITIAL_PATCH_EDGE_2D**2)
+    if dataset_voxels is None:
+        dataset_voxels = float(sum(np.prod(s, dtype=np.float64) for s in shapes))
     budget = memory_gb * BYTES_PER_GB
 
     def topology(patch: Sequence[int]):
@@ -268,7 +286,6 @@ def plan_3d_fullres(
     # Largest batch whose estimate fits (nnU-Net scales its reference batch); the 5% cap rounds down so one
     # batch never covers more than that fraction of the resampled dataset; both yield to the minimum batch.
     batch_by_memory = int((budget - fixed) // per_sample)
-    dataset_voxels = float(sum(np.prod(s, dtype=np.float64) for s in new_shapes))
     batch_by_dataset = int(math.floor(max_dataset_fraction * dataset_voxels / float(np.prod(patch, dtype=np.float64))))
     batch_size = max(min(batch_by_memory, batch_by_dataset), min_batch_size)
 
@@ -279,6 +296,7 @@ def plan_3d_fullres(
     # transpose) is more than ANISO_THRESHOLD times shorter than the longest patch axis; never for 2D.
     dummy_2d = dim == 3 and max(patch) / patch[coarse] > aniso_threshold
     return {
+        "spatial_dims": dim,
         "spacing": spacing,
         "median_shape": median_shape,
         "patch_size": [int(p) for p in patch],
@@ -295,3 +313,144 @@ def plan_3d_fullres(
         "memory_budget_gb": float(memory_gb),
         "deep_supervision_weights": deep_supervision_weights(n_stages),
     }
+
+
+def plan_3d_fullres(
+    fingerprint: Mapping,
+    num_channels: int,
+    num_classes: int,
+    memory_gb: float,
+    base_features: int = BASE_FEATURES,
+    max_features: int = MAX_FEATURES_3D,
+    min_batch_size: int = MIN_BATCH_SIZE,
+    max_dataset_fraction: float = MAX_DATASET_FRACTION,
+    initial_patch_volume: float | None = None,
+    min_feature_map_size: int = MIN_FEATURE_MAP_SIZE,
+    max_stages: int | None = None,
+    aniso_threshold: float = ANISO_THRESHOLD,
+) -> dict:
+    """nnU-Net's full-resolution plan (works for 2D fingerprints too): topology, patch, batch, memory."""
+    spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
+    spacing = target_spacing(spacings, shapes, aniso_threshold=aniso_threshold)
+    return plan_configuration(
+        spacing, resampled_shapes(spacings, shapes, spacing), num_channels, num_classes, memory_gb,
+        base_features=base_features, max_features=max_features, min_batch_size=min_batch_size,
+        max_dataset_fraction=max_dataset_fraction, initial_patch_volume=initial_patch_volume,
+        min_feature_map_size=min_feature_map_size, max_stages=max_stages, aniso_threshold=aniso_threshold,
+    )
+
+
+def slice_axis_2d(spacing: Sequence[float], aniso_threshold: float = ANISO_THRESHOLD) -> int:
+    """The axis nnU-Net's 2D configuration slices along: the coarse axis (its transpose puts it first).
+
+    Anisotropic data: the full-res plan's coarse axis. Otherwise the largest target spacing, ties to the last
+    axis (isotropic data are sliced along the last file axis, usually z).
+    """
+    if max(spacing) / min(spacing) > aniso_threshold:
+        return int(np.argmax(spacing))
+    return max(range(len(spacing)), key=lambda a: (spacing[a], a))
+
+
+def plan_2d(
+    fingerprint: Mapping,
+    num_channels: int,
+    num_classes: int,
+    memory_gb: float,
+    base_features: int = BASE_FEATURES,
+    max_features: int = MAX_FEATURES_2D,
+    min_batch_size: int = MIN_BATCH_SIZE,
+    max_dataset_fraction: float = MAX_DATASET_FRACTION,
+    initial_patch_volume: float = float(INITIAL_PATCH_EDGE_2D**2),
+    min_feature_map_size: int = MIN_FEATURE_MAP_SIZE,
+    max_stages: int | None = None,
+    aniso_threshold: float = ANISO_THRESHOLD,
+) -> dict:
+    """nnU-Net's 2D configuration of a 3D dataset: the full-res plan's rules on the two in-plane axes.
+
+    In-plane target spacing is the full-res target spacing without the slice axis; each case keeps its own
+    spacing along the slice axis (`spacing` has KEEP_SPACING there, MONAI's "keep this axis"). Patch, kernels
+    and strides are per in-plane axis in array order, and so are `anisotropic`/`coarse_axis` (indices into
+    `patch_size`). The 5% batch cap counts the slices the 2D configuration trains on: each case's in-plane
+    voxels times its own slice count (nnU-Net approximates this with the full-res dataset size).
+    """
+    spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
+    fullres_spacing = target_spacing(spacings, shapes, aniso_threshold=aniso_threshold)
+    if len(fullres_spacing) != 3:
+        raise ValueError(f"the 2D configuration slices 3D images; this fingerprint has {len(fullres_spacing)}D spacings")
+    axis = slice_axis_2d(fullres_spacing, aniso_threshold)
+    in_plane = [a for a in range(3) if a != axis]
+    spacing_2d = [fullres_spacing[a] for a in in_plane]
+    shapes_2d = resampled_shapes([[sp[a] for a in in_plane] for sp in spacings],
+                                 [[sh[a] for a in in_plane] for sh in shapes], spacing_2d)
+    dataset_voxels = float(sum(np.prod(s2, dtype=np.float64) * sh[axis] for s2, sh in zip(shapes_2d, shapes)))
+    plan = plan_configuration(
+        spacing_2d, shapes_2d, num_channels, num_classes, memory_gb, dataset_voxels=dataset_voxels,
+        base_features=base_features, max_features=max_features, min_batch_size=min_batch_size,
+        max_dataset_fraction=max_dataset_fraction, initial_patch_volume=initial_patch_volume,
+        min_feature_map_size=min_feature_map_size, max_stages=max_stages, aniso_threshold=aniso_threshold,
+    )
+    spacing = list(fullres_spacing)
+    spacing[axis] = KEEP_SPACING
+    plan["spacing"] = spacing
+    plan["spacing_2d"] = spacing_2d
+    plan["slice_axis"] = axis
+    return plan
+
+
+def plan_3d_lowres(
+    fingerprint: Mapping,
+    num_channels: int,
+    num_classes: int,
+    memory_gb: float,
+    force: bool = False,
+    base_features: int = BASE_FEATURES,
+    max_features: int = MAX_FEATURES_3D,
+    min_batch_size: int = MIN_BATCH_SIZE,
+    max_dataset_fraction: float = MAX_DATASET_FRACTION,
+    initial_patch_volume: float | None = None,
+    min_feature_map_size: int = MIN_FEATURE_MAP_SIZE,
+    max_stages: int | None = None,
+    aniso_threshold: float = ANISO_THRESHOLD,
+    coverage_threshold: float = LOWRES_COVERAGE_THRESHOLD,
+    spacing_factor: float = LOWRES_SPACING_FACTOR,
+) -> dict | None:
+    """nnU-Net v2's 3D low-resolution configuration (first stage of the cascade), or None when not needed.
+
+    Planned when the full-res patch covers less than `coverage_threshold` of the median image. Starting from
+    the full-res target spacing, the spacing grows by `spacing_factor` per step, the axes more than
+    LOWRES_FINE_AXIS_RATIO finer than the coarsest first (only they, while any is), otherwise all axes; each
+    step resamples the cases, re-plans topology, patch and batch with the same budget, and stops once the
+    patch covers the threshold. As in nnU-Net v2 the result is dropped when its median image is less than
+    LOWRES_MIN_VOXEL_RATIO times smaller than full-res (a cascade would gain nothing).
+    `force=True` always returns a plan; on data that do not need one (the full-res patch already covers the
+    threshold) growth also continues until the median image has at most 1/FORCED_LOWRES_VOXEL_RATIO of the
+    full-res median voxels, so that the forced stage is a real low-resolution view and not a copy of full-res.
+    """
+    spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
+
+    def plan_at(spacing: Sequence[float]) -> dict:
+        return plan_configuration(
+            spacing, resampled_shapes(spacings, shapes, spacing), num_channels, num_classes, memory_gb,
+            base_features=base_features, max_features=max_features, min_batch_size=min_batch_size,
+            max_dataset_fraction=max_dataset_fraction, initial_patch_volume=initial_patch_volume,
+            min_feature_map_size=min_feature_map_size, max_stages=max_stages, aniso_threshold=aniso_threshold,
+        )
+
+    fullres = plan_at(target_spacing(spacings, shapes, aniso_threshold=aniso_threshold))
+    needed = patch_coverage(fullres) < coverage_threshold
+    if not needed and not force:
+        return None
+    fullres_voxels = float(np.prod(fullres["median_shape"], dtype=np.float64))
+    spacing = np.asarray(fullres["spacing"], dtype=np.float64)
+    # Terminates: the median image shrinks every step, and the patch is clipped to it, so coverage reaches 1.
+    while True:
+        fine = spacing.max() / spacing > LOWRES_FINE_AXIS_RATIO
+        grow = fine if fine.any() else np.ones_like(fine)
+        spacing = np.where(grow, spacing * spacing_factor, spacing)
+        plan = plan_at(spacing.tolist())
+        shrink = fullres_voxels / max(float(np.prod(plan["median_shape"], dtype=np.float64)), 1.0)
+        if patch_coverage(plan) >= coverage_threshold and (needed or shrink >= FORCED_LOWRES_VOXEL_RATIO):
+            break
+    if not force and shrink < LOWRES_MIN_VOXEL_RATIO:
+        return None
+    return plan

@@ -3,3 +3,4 @@
 from custom_components.transforms.checks import CheckImaged, is_nonzero, source_name
 from custom_components.transforms.intensity import NormalizeIntensityByPland, normalize_channel
 from custom_components.transforms.resampling import AnisotropicResampled
+from custom_components.transforms.slicing import SqueezeSliceAxisd, volume_patch

@@ -147,7 +147,7 @@ def intensity_augmentation(keys: Sequence[str], spatial_dims: int = 3) -> Compos
         RandGaussianSmoothd(keys, prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
         RandScaleIntensityd(keys, prob=0.15, factors=0.25),
         RandScaleIntensityFixedMeand(keys, prob=0.15, factors=0.25, fixed_mean=True, preserve_range=True),
-        RandSimulateLowResolutiond(keys, prob=0.25, zoom_range=(0.5, 1.0)),
+        RandSimulateLowResolutiond(keys, prob=0.25, zoom_range=(0.5, 1.0), upsample_mode="trilinear" if spatial_dims == 3 else "bilinear"),
         RandAdjustContrastd(keys, prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
         RandAdjustContrastd(keys, prob=0.3, gamma=(0.7, 1.5), invert_image=False, retain_stats=True),
     ])

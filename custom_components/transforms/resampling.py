@@ -135,8 +135,10 @@ class AnisotropicResampled(MapTransform, InvertibleTransform):
             spacing = spacing_from_affine(affine)
             if len(self.target_spacing) != len(old_shape):
                 raise ValueError(f"target spacing {self.target_spacing} has {len(self.target_spacing)} axes, image {key} has {len(old_shape)}")
-            new_shape = output_shape(old_shape, spacing, self.target_spacing)
-            axis = separate_axis(spacing, self.target_spacing, self.aniso_threshold)
+            # a non-positive target keeps that axis' own spacing (the 2D configuration's slice axis)
+            target = [float(sp) if t <= 0 else t for sp, t in zip(spacing, self.target_spacing)]
+            new_shape = output_shape(old_shape, spacing, target)
+            axis = separate_axis(spacing, target, self.aniso_threshold)
             arr = img.detach().cpu().numpy()
             if key in self.label_keys:
                 out = resample_label(arr, new_shape, axis)

@@ -1,0 +1,9 @@
+"""Ensembling: averaging members' softmax probabilities, and choosing the best configuration or pair by
+cross-validation Dice (nnU-Net's `find_best_configuration`)."""
+
+from custom_components.ensembling.selection import (
+    average_probabilities,
+    candidate_ensembles,
+    score_candidates,
+    select_best,
+)

@@ -1,0 +1,115 @@
+"""nnU-Net's 5-fold cross-validation of a planned bundle.
+
+Each fold trains through the bundle's own training workflow (`python -m monai.bundle run training`, so an
+interrupted fold resumes from its checkpoint), writing `models/fold_K/model.pt`. The fold's model then predicts
+its held-out cases with the bundle's inference workflow: label maps and probabilities, in each case's original
+geometry, go to `cv/`. `cv/summary.json` holds the Dice per class for every fold and over all cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from custom_components.data.dataset import read_dataset, require_training_cases
+from custom_components.data.errors import DatasetError
+from custom_components.data.splits import kfold_split
+from custom_components.evaluation.report import score_case, summarise
+from custom_components.io_utils import atomic_write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli_value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def train_fold(bundle_root: Path, dataset_dir: str, fold: int, overrides: Mapping) -> None:
+    """Run the bundle's training for one fold in a fresh process (resumes if the fold has a checkpoint)."""
+    args = [sys.executable, "-m", "monai.bundle", "run", "training",
+            "--config_file", str(bundle_root / "configs" / "train.yaml"), "--bundle_root", str(bundle_root),
+            "--dataset_dir", str(dataset_dir), "--fold", str(fold),
+            "--ckpt_dir", str(bundle_root / "models" / f"fold_{fold}"), "--log_dir", str(bundle_root / "logs" / f"fold_{fold}")]
+    for key, value in overrides.items():
+        args += [f"--{key}", _cli_value(value)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    print(f"== fold {fold}: training", flush=True)
+    proc = subprocess.run(args, env=env, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training fold {fold} of {bundle_root} failed (exit {proc.returncode}); re-run to resume it")
+
+
+def predict_cases(bundle_root: Path, dataset_dir: str, cases: Sequence[dict], ckpt_dir: Path, output_dir: Path,
+                  overrides: Mapping | None = None) -> None:
+    """Run the bundle's inference workflow on `cases` with one model, keeping probabilities (`<case>.npz`)."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(bundle_root / "configs" / "inference.yaml"), workflow_type="infer", logging_file=False,
+        bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), datalist=[dict(c) for c in cases],
+        ckpt_dir=str(ckpt_dir), output_dir=str(output_dir), save_probabilities=True, folds="auto", **dict(overrides or {}),
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def score_folder(pred_dir: Path, cases: Sequence[dict], num_classes: int) -> list[dict]:
+    """Dice/HD95 per class of every case's `<id>.nii.gz` in `pred_dir` against its label (original geometry)."""
+    scores = []
+    for case in cases:
+        path = pred_dir / f"{case['id']}.nii.gz"
+        if not path.is_file():
+            raise DatasetError(f"{path}: out-of-fold prediction is missing for case '{case['id']}'")
+        label_img = nib.load(case["label"])
+        pred = np.asarray(nib.load(path).dataobj)
+        label = np.asarray(label_img.dataobj)
+        spacing = np.sqrt((label_img.affine[:3, :3] ** 2).sum(0))
+        s = score_case(torch.as_tensor(pred.astype(np.int64)), torch.as_tensor(label.astype(np.int64)), num_classes, spacing)
+        s["case"] = case["id"]
+        scores.append(s)
+    return scores
+
+
+def cross_validate(bundle_root: str | os.PathLike, dataset_dir: str | os.PathLike, folds: Sequence[int] = (0, 1, 2, 3, 4),
+                   overrides: Mapping | None = None, inference_overrides: Mapping | None = None) -> dict:
+    """Train and predict the given folds, then write and return `cv/summary.json`."""
+    root = Path(bundle_root).resolve()
+    if not (root / "configs" / "train.yaml").is_file():
+        raise DatasetError(f"{root}: not a planned bundle (no configs/train.yaml); run scripts.plan first")
+    info = read_dataset(dataset_dir)
+    cases = {c["id"]: c for c in require_training_cases(info)}
+    split = kfold_split(list(cases))
+    cv_dir = root / "cv"
+    class_names = [n for n, v in sorted(info.labels.items(), key=lambda kv: kv[1]) if v != 0]
+    for fold in folds:
+        if not 0 <= int(fold) < len(split):
+            raise DatasetError(f"fold {fold} does not exist: nnU-Net's split has folds 0-{len(split) - 1}")
+        train_fold(root, str(dataset_dir), int(fold), dict(overrides or {}))
+        print(f"== fold {fold}: predicting its {len(split[fold]['val'])} held-out case(s)", flush=True)
+        val_cases = [cases[i] for i in split[fold]["val"]]
+        predict_cases(root, str(dataset_dir), val_cases, root / "models" / f"fold_{fold}", cv_dir, inference_overrides)
+    summary: dict = {"bundle_root": str(root), "split_seed": 12345, "folds": {}}
+    all_scores = []
+    for fold in folds:
+        val_cases = [cases[i] for i in split[fold]["val"]]
+        fold_scores = score_folder(cv_dir, val_cases, info.num_classes)
+        all_scores += fold_scores
+        s = summarise(fold_scores, class_names)
+        summary["folds"][str(fold)] = {"cases": [c["id"] for c in val_cases], "mean_dice": s["mean_dice"],
+                                       "dice_per_class": {k: v["dice"] for k, v in s["per_class"].items()}}
+    overall = summarise(all_scores, class_names)
+    summary["overall"] = {"num_cases": overall["num_cases"], "mean_dice": overall["mean_dice"],
+                          "dice_per_class": {k: v["dice"] for k, v in overall["per_class"].items()}}
+    summary["cases"] = overall["cases"]
+    atomic_write_json(cv_dir / "summary.json", summary)
+    return summary
