@@ -162,3 +162,31 @@ def test_score_case_dice_and_hd95_on_hand_made_masks():
     assert scores["hd95"][0] > 0
     summary = summarise([dict(scores, case="a")], ["one", "two"])
     assert summary["mean_dice"] == pytest.approx(2 * 32 / 96, abs=1e-6) and summary["per_class"]["two"]["dice"] is None
+
+
+def test_fold_ensemble_inference_averages_member_softmax_outputs():
+    from custom_components.inference.ensemble import FoldEnsemble
+
+    torch.manual_seed(0)
+    members = [torch.nn.Conv3d(1, 3, 3, padding=1).eval() for _ in range(3)]
+    x = torch.randn(1, 1, 8, 8, 4)
+    inferer = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[])
+    with torch.no_grad():
+        out = torch.softmax(inferer(x, FoldEnsemble(members)), dim=1)  # the bundle's post-processing softmax
+        expected = torch.stack([torch.softmax(m(x), dim=1) for m in members]).mean(0)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_network_is_the_fold_ensemble_when_fold_models_exist(tmp_path):
+    from custom_components.inference.ensemble import FoldEnsemble, load_inference_network
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_3").mkdir()
+    torch.save(net.state_dict(), tmp_path / "fold_0" / "model.pt")
+    torch.save(net.state_dict(), tmp_path / "fold_3" / "model.pt")
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    ens = load_inference_network(net, str(tmp_path))
+    assert isinstance(ens, FoldEnsemble) and len(ens.members) == 2
+    assert not isinstance(load_inference_network(net, str(tmp_path), folds="3"), FoldEnsemble)
+    assert not isinstance(load_inference_network(net, str(tmp_path / "fold_0")), FoldEnsemble)  # its model.pt

@@ -7,3 +7,4 @@ from custom_components.ensembling.selection import (
     score_candidates,
     select_best,
 )
+from custom_components.ensembling.best_configuration import find_best, run_ensemble_inference, write_ensemble_bundle

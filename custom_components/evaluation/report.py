@@ -115,3 +115,39 @@ class SegmentationReport:
         engine.state.metrics["mean_dice"] = summary["mean_dice"]
         per = ", ".join(f"{n} {v['dice']}" for n, v in summary["per_class"].items())
         print(f"test Dice: mean {summary['mean_dice']} ({per}) over {summary['num_cases']} cases -> {self.output_dir}/metrics.json", flush=True)
+
+
+def score_folder(pred_dir: str | os.PathLike, cases, num_classes: int) -> list[dict]:
+    """Dice/HD95 per class of each case's `<id>.nii.gz` in `pred_dir` against its label, in the label's geometry."""
+    import nibabel as nib
+
+    from custom_components.data.errors import DatasetError
+
+    scores = []
+    for case in cases:
+        path = Path(pred_dir) / f"{case['id']}.nii.gz"
+        if not path.is_file():
+            raise DatasetError(f"{path}: prediction is missing for case '{case['id']}'")
+        label_img = nib.load(case["label"])
+        pred, label = np.asarray(nib.load(path).dataobj), np.asarray(label_img.dataobj)
+        if pred.shape != label.shape:
+            raise DatasetError(f"{path}: prediction shape {pred.shape} differs from label {case['label']} shape {label.shape}")
+        s = score_case(torch.as_tensor(pred.astype(np.int64)), torch.as_tensor(label.astype(np.int64)), num_classes,
+                       spacing_from_affine(label_img.affine))
+        s["case"] = case["id"]
+        scores.append(s)
+    return scores
+
+
+def evaluate_folder(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike) -> dict:
+    """Score every `imagesTs` case's prediction in `pred_dir` against `labelsTs`; write metrics.json and .csv there."""
+    from custom_components.data.dataset import read_dataset
+    from custom_components.data.splits import inference_datalist
+
+    info = read_dataset(dataset_dir)
+    names = [n for n, v in sorted(info.labels.items(), key=lambda kv: kv[1]) if v != 0]
+    summary = summarise(score_folder(pred_dir, inference_datalist(dataset_dir, require_labels=True), info.num_classes), names)
+    write_report(summary, pred_dir, names)
+    per = ", ".join(f"{n} {v['dice']}" for n, v in summary["per_class"].items())
+    print(f"test Dice: mean {summary['mean_dice']} ({per}) over {summary['num_cases']} cases -> {pred_dir}/metrics.json", flush=True)
+    return summary

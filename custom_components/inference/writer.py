@@ -33,8 +33,9 @@ def _source(item: dict, key: str) -> str:
     return "case"
 
 
-def save_label_map(pred: torch.Tensor, affine, path: str | os.PathLike) -> None:
-    arr = pred.detach().cpu().numpy()
+def save_label_map(pred: torch.Tensor | np.ndarray, affine, path: str | os.PathLike) -> None:
+    """A (1, X, Y, Z) or (X, Y, Z) label map as uint8 (uint16 past 255 classes) NIfTI, atomically."""
+    arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
     arr = arr[0] if arr.ndim == 4 else arr
     dtype = np.uint8 if arr.max(initial=0) < 256 else np.uint16
     atomic_save_nifti(nib.Nifti1Image(arr.astype(dtype), np.asarray(affine, dtype=np.float64)), path)

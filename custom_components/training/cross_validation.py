@@ -15,14 +15,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import torch
+import yaml
 
 from custom_components.data.dataset import read_dataset, require_training_cases
 from custom_components.data.errors import DatasetError
 from custom_components.data.splits import kfold_split
-from custom_components.evaluation.report import score_case, summarise
+from custom_components.evaluation.report import score_folder, summarise
+from custom_components.inference.bundle_runner import run_bundle_inference
 from custom_components.io_utils import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,38 +47,6 @@ def train_fold(bundle_root: Path, dataset_dir: str, fold: int, overrides: Mappin
         raise RuntimeError(f"training fold {fold} of {bundle_root} failed (exit {proc.returncode}); re-run to resume it")
 
 
-def predict_cases(bundle_root: Path, dataset_dir: str, cases: Sequence[dict], ckpt_dir: Path, output_dir: Path,
-                  overrides: Mapping | None = None) -> None:
-    """Run the bundle's inference workflow on `cases` with one model, keeping probabilities (`<case>.npz`)."""
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=str(bundle_root / "configs" / "inference.yaml"), workflow_type="infer", logging_file=False,
-        bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), datalist=[dict(c) for c in cases],
-        ckpt_dir=str(ckpt_dir), output_dir=str(output_dir), save_probabilities=True, folds="auto", **dict(overrides or {}),
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-
-
-def score_folder(pred_dir: Path, cases: Sequence[dict], num_classes: int) -> list[dict]:
-    """Dice/HD95 per class of every case's `<id>.nii.gz` in `pred_dir` against its label (original geometry)."""
-    scores = []
-    for case in cases:
-        path = pred_dir / f"{case['id']}.nii.gz"
-        if not path.is_file():
-            raise DatasetError(f"{path}: out-of-fold prediction is missing for case '{case['id']}'")
-        label_img = nib.load(case["label"])
-        pred = np.asarray(nib.load(path).dataobj)
-        label = np.asarray(label_img.dataobj)
-        spacing = np.sqrt((label_img.affine[:3, :3] ** 2).sum(0))
-        s = score_case(torch.as_tensor(pred.astype(np.int64)), torch.as_tensor(label.astype(np.int64)), num_classes, spacing)
-        s["case"] = case["id"]
-        scores.append(s)
-    return scores
-
-
 def cross_validate(bundle_root: str | os.PathLike, dataset_dir: str | os.PathLike, folds: Sequence[int] = (0, 1, 2, 3, 4),
                    overrides: Mapping | None = None, inference_overrides: Mapping | None = None) -> dict:
     """Train and predict the given folds, then write and return `cv/summary.json`."""
@@ -91,13 +58,20 @@ def cross_validate(bundle_root: str | os.PathLike, dataset_dir: str | os.PathLik
     split = kfold_split(list(cases))
     cv_dir = root / "cv"
     class_names = [n for n, v in sorted(info.labels.items(), key=lambda kv: kv[1]) if v != 0]
+    # overrides of ids the inference config also has (mirroring, sliding-window batch, plan numbers) apply to
+    # the out-of-fold predictions too; training-only ones (epochs, iterations) do not
+    with open(root / "configs" / "inference.yaml") as f:
+        infer_ids = set(yaml.safe_load(f))
+    shared = {k: v for k, v in dict(overrides or {}).items() if k.split("#")[0] in infer_ids and k != "dataset_dir"}
+    inference_overrides = {**shared, **dict(inference_overrides or {})}
     for fold in folds:
         if not 0 <= int(fold) < len(split):
             raise DatasetError(f"fold {fold} does not exist: nnU-Net's split has folds 0-{len(split) - 1}")
         train_fold(root, str(dataset_dir), int(fold), dict(overrides or {}))
         print(f"== fold {fold}: predicting its {len(split[fold]['val'])} held-out case(s)", flush=True)
         val_cases = [cases[i] for i in split[fold]["val"]]
-        predict_cases(root, str(dataset_dir), val_cases, root / "models" / f"fold_{fold}", cv_dir, inference_overrides)
+        run_bundle_inference(root, val_cases, cv_dir, ckpt_dir=root / "models" / f"fold_{fold}",
+                             overrides={"dataset_dir": str(dataset_dir), "folds": "auto", **dict(inference_overrides or {})})
     summary: dict = {"bundle_root": str(root), "split_seed": 12345, "folds": {}}
     all_scores = []
     for fold in folds:
