@@ -211,6 +211,7 @@ def test_torchscript_export_matches_eager_network(trained, tmp_path):
     parser.read_config(str(bundle / "configs" / "inference.yaml"))
     net = parser.get_parsed_content("network_def").eval()
     net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    assert parser["network_def"]["deep_supervision"] is False  # exported without the training-only heads
     x = torch.randn(1, 1, *parser.get_parsed_content("patch_size"))  # 2D or 3D, as the plan says
     with torch.no_grad():
         assert float((scripted(x) - net(x)).abs().max()) < 1e-4
@@ -266,3 +267,29 @@ def test_2d_bundle_plans_slices_along_the_coarse_axis(planned_3d, tmp_path):
     plan = yaml.safe_load((bundle / "configs" / "train.yaml").read_text())["plan"]
     assert plan["configuration"] == "2d" and plan["spatial_dims"] == 2 and plan["slice_axis"] == 2
     assert len(plan["patch_size"]) == 2 and plan["spacing"][2] == -1
+
+
+def test_v1_plateau_rule_fires_and_stops_training_with_a_shortened_patience(planned_3d, tmp_path):
+    data, bundle = planned_3d
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "logs"))
+    # patience 0 and an unreachable improvement threshold: epoch 2 cuts lr 3e-4 -> 6e-5, below min_lr 1e-4
+    proc = bundle_run("training", copy, "--dataset_dir", str(data), "--train#trainer#max_epochs", "5",
+                      "--iterations_per_epoch", "1", "--val_interval", "0", "--schedules#nnunet_v1#plateau_patience", "0",
+                      "--schedules#nnunet_v1#plateau_threshold", "10", "--schedules#nnunet_v1#min_lr", "1e-4")
+    history = json.loads((copy / "logs" / "progress.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and "stopping" in proc.stdout
+    assert history[0]["lr"] == pytest.approx(3e-4) and history[1]["lr"] == pytest.approx(6e-5)
+    assert (copy / "models" / "model.pt").is_file()
+
+
+def test_v2_schedule_switch_trains_with_sgd_and_poly_lr(planned_3d, tmp_path):
+    data, bundle = planned_3d
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "logs"))
+    bundle_run("training", copy, "--dataset_dir", str(data), "--train#trainer#max_epochs", "2",
+               "--iterations_per_epoch", "1", "--val_interval", "0", "--schedule", "nnunet_v2")
+    history = json.loads((copy / "logs" / "progress.json").read_text())
+    assert [h["lr"] for h in history] == pytest.approx([1e-2, 1e-2 * 0.5 ** 0.9])
+    ckpt = torch.load(copy / "models" / "checkpoint_latest.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["nesterov"] is True
