@@ -52,10 +52,11 @@ def _set_path(config: dict, key: str, value) -> None:
 
 
 def merge_configs(base: dict, override: Mapping) -> dict:
-    """Later wins; nested mappings merge; `a#b` keys set a nested id."""
+    """Later wins; nested mappings merge; `a#b` keys set a nested id of `base`, and stay literal (an override
+    for MONAI to apply later, as in multi_gpu_train.yaml) when `base` has no `a`."""
     out = dict(base)
     for key, value in override.items():
-        if "#" in key:
+        if "#" in key and key.split("#")[0] in out:
             _set_path(out, key, value)
         elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = merge_configs(dict(out[key]), value)
@@ -106,8 +107,10 @@ def write_planned_bundle(template: str | os.PathLike, output_dir: str | os.PathL
             continue
         content, local = resolve_config(cfg)
         used_local.update(p.name for p in local)
-        flattened[cfg.name] = merge_configs(content, {"plan": dict(plan), "dataset_dir": str(dataset_dir),
-                                                      "bundle_root": str(out.resolve())})
+        if "network_def" in content:  # a full workflow config (not an override file): give it the plan
+            content = merge_configs(content, {"plan": dict(plan), "dataset_dir": str(dataset_dir),
+                                              "bundle_root": str(out.resolve())})
+        flattened[cfg.name] = content
     out.mkdir(parents=True, exist_ok=True)
     for item in template.iterdir():
         dst = out / item.name
