@@ -293,3 +293,21 @@ def test_v2_schedule_switch_trains_with_sgd_and_poly_lr(planned_3d, tmp_path):
     assert [h["lr"] for h in history] == pytest.approx([1e-2, 1e-2 * 0.5 ** 0.9])
     ckpt = torch.load(copy / "models" / "checkpoint_latest.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["nesterov"] is True
+
+
+def test_two_process_gloo_training_writes_one_model_from_rank_zero(planned_3d, tmp_path):
+    data, bundle = planned_3d
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "logs"))
+    configs = f"['{copy / 'configs' / 'train.yaml'}','{copy / 'configs' / 'multi_gpu_train.yaml'}']"
+    proc = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
+               "--config_file", configs, "--bundle_root", str(copy), "--dataset_dir", str(data),
+               "--train#trainer#max_epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "0", "--num_workers", "0")
+    assert proc.stdout.count("epoch 1/1") == 1  # only rank 0 reports and writes
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(copy / "configs" / "inference.yaml"))
+    state = torch.load(copy / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+    parser.get_parsed_content("network_def").load_state_dict(state, strict=True)

@@ -22,6 +22,16 @@ from custom_components.io_utils import atomic_torch_save
 CHECKPOINT_NAME = "checkpoint_latest.pt"
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torch.distributed run, or the only process: the one that writes files."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The network inside DistributedDataParallel (its state_dict has no `module.` prefix)."""
+    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -66,7 +76,7 @@ class ResumableCheckpoint:
 
     def state(self, engine) -> dict:
         return {
-            "model": self.network.state_dict(),
+            "model": unwrap(self.network).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": engine.state.epoch,
             "iteration": engine.state.iteration,
@@ -75,13 +85,14 @@ class ResumableCheckpoint:
         }
 
     def save(self, engine) -> None:
-        atomic_torch_save(self.state(engine), self.path)
+        if is_main_process():
+            atomic_torch_save(self.state(engine), self.path)
 
     def load(self, engine) -> None:
         if not (self.resume and self.path.is_file()):
             return
         ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(ckpt["model"])
+        unwrap(self.network).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         for k, v in ckpt.get("objects", {}).items():
             if k in self.objects:
@@ -94,6 +105,8 @@ class ResumableCheckpoint:
             engine.terminate()
 
     def save_final(self, engine) -> None:
-        weights = {k: v for k, v in self.network.state_dict().items() if not any(p.search(k) for p in self.exclude_weights)}
+        if not is_main_process():
+            return
+        weights = {k: v for k, v in unwrap(self.network).state_dict().items() if not any(p.search(k) for p in self.exclude_weights)}
         atomic_torch_save(weights, self.ckpt_dir / self.final_filename)
         print(f"saved {self.ckpt_dir / self.final_filename}", flush=True)

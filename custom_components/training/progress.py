@@ -9,6 +9,7 @@ from pathlib import Path
 from ignite.engine import Events
 
 from custom_components.io_utils import atomic_path, atomic_write_json
+from custom_components.training.checkpoint import is_main_process
 from custom_components.training.schedules import batch_loss
 
 
@@ -82,6 +83,8 @@ class TrainingProgress:
             "seconds": round(time.perf_counter() - self._t0, 2),
         }
         self.history.append(entry)
+        if not is_main_process():
+            return
         val = "" if entry["val_dice"] is None else f"  val Dice {entry['val_dice']:.4f}"
         print(f"epoch {epoch}/{engine.state.max_epochs}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}{val}  ({entry['seconds']:.1f} s)", flush=True)
         atomic_write_json(self.log_dir / "progress.json", self.history)
