@@ -105,8 +105,10 @@ def spatial_augmentation(
 
 
 class RandElastic2Dd(Randomizable, MapTransform):
-    """nnU-Net's elastic deformation in 2D: smoothed uniform noise (sigma in voxels) times alpha. The 2D counterpart of MONAI's Rand3DElasticd (smoothed dense noise field), which MONAI only has in 3D:
-    MONAI's Rand2DElastic uses a coarse control grid instead."""
+    """nnU-Net's elastic deformation in 2D: smoothed uniform noise (sigma in voxels) times alpha.
+
+    The 2D counterpart of MONAI's Rand3DElasticd (a smoothed dense noise field), which MONAI has only in 3D:
+    MONAI's Rand2DElastic deforms a coarse control grid instead."""
 
     def __init__(self, keys, prob, sigma, magnitude, modes) -> None:
         MapTransform.__init__(self, keys)
