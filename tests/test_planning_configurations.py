@@ -22,17 +22,7 @@ from custom_components.planning.planner import (
     slice_axis_2d,
 )
 
-# Anisotropic MR: 0.7 mm in-plane, z from 2.5 to 5 mm (target 3.0 by the 10th-percentile rule), 24 slices.
-MR_Z_SPACINGS = [2.5, 3.0, 3.5, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.5, 5.0]
-
-
-def mr_fingerprint(z_first: bool = False) -> dict:
-    spacings = [[0.7, 0.7, z] for z in MR_Z_SPACINGS]
-    shapes = [[288, 288, 24]] * len(MR_Z_SPACINGS)
-    if z_first:
-        spacings = [[s[2], s[0], s[1]] for s in spacings]
-        shapes = [[s[2], s[0], s[1]] for s in shapes]
-    return {"spacings": spacings, "shapes_after_crop": shapes, "median_relative_size_after_crop": 0.6}
+from tests.test_planning import MR_Z_SPACINGS, mr_fingerprint  # the same anisotropic MR dataset
 
 
 def iso_fingerprint(edge: int, n_cases: int = 10, spacing: float = 1.0) -> dict:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from custom_components.evaluation.report import score_case
+from custom_components.evaluation.report import mean_foreground_dice, per_class_mean_dice, score_case
 
 
 def average_probabilities(probs: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
@@ -96,13 +96,5 @@ def score_candidates(
         for candidate in candidates:
             probs = average_probabilities([_as_numpy(oof[config][case_id]) for config in candidate])
             pred = torch.as_tensor(np.argmax(probs, axis=0))
-            dice[candidate].append(score_case(pred, label_t, num_classes)["dice"])
-    return {c: _mean_foreground_dice(np.asarray(d, dtype=float)) for c, d in dice.items()}
-
-
-def _mean_foreground_dice(table: np.ndarray) -> float:
-    """Mean over classes of the per-class means over cases of a (cases, foreground classes) table, NaNs skipped."""
-    finite = np.isfinite(table)
-    counts = finite.sum(0)
-    per_class = np.where(finite, table, 0.0).sum(0)[counts > 0] / counts[counts > 0]
-    return float(per_class.mean()) if per_class.size else float("nan")
+            dice[candidate].append(score_case(pred, label_t, num_classes, with_hd95=False)["dice"])
+    return {c: mean_foreground_dice(per_class_mean_dice(d)) for c, d in dice.items()}

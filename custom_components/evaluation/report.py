@@ -16,15 +16,17 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 
 from custom_components.io_utils import atomic_write_json, atomic_write_text
-from custom_components.inference.writer import _source, case_id_from_path
+from custom_components.inference.writer import case_id_from_path, source_path
 from custom_components.transforms.resampling import spacing_from_affine
 
 
-def score_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int, spacing=None) -> dict[str, list[float]]:
+def score_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int, spacing=None,
+               with_hd95: bool = True) -> dict[str, list[float]]:
     """Dice and HD95 (mm when `spacing` is given) for classes 1..num_classes-1 of one case.
 
     Dice is NaN when a class is absent from both prediction and label, 0 when only the label lacks it (nnU-Net's
-    convention); HD95 is NaN when either is empty."""
+    convention); HD95 is NaN when either is empty, and everywhere when `with_hd95` is False (Dice-only callers
+    skip its cost)."""
     p = one_hot(pred.reshape(1, 1, *pred.shape[-3:]).long(), num_classes)
     t = one_hot(label.reshape(1, 1, *label.shape[-3:]).long(), num_classes)
     pred_empty = p[0, 1:].flatten(1).sum(1) == 0
@@ -34,7 +36,7 @@ def score_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int, spacin
     dice[pred_empty & label_empty] = float("nan")
     hd = torch.full_like(dice, float("nan"))
     both = ~(pred_empty | label_empty)
-    if both.any():  # HD95 only where both masks exist (it is undefined otherwise)
+    if with_hd95 and both.any():  # HD95 only where both masks exist (it is undefined otherwise)
         idx = [0] + [int(i) + 1 for i in torch.nonzero(both).flatten()]
         hd_both = compute_hausdorff_distance(p[:, idx], t[:, idx], include_background=False, percentile=95,
                                              spacing=None if spacing is None else [float(s) for s in spacing])[0]
@@ -44,6 +46,21 @@ def score_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int, spacin
 
 def _clean(v: float):
     return None if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))) else round(v, 6)
+
+
+def per_class_mean_dice(table) -> np.ndarray:
+    """Per foreground class, the mean over cases of a (cases, classes) Dice table, NaNs skipped (NaN if all are)."""
+    table = np.asarray(table, dtype=float)
+    finite = np.isfinite(table)
+    counts = finite.sum(0)
+    return np.where(counts > 0, np.where(finite, table, 0.0).sum(0) / np.maximum(counts, 1), np.nan)
+
+
+def mean_foreground_dice(per_class) -> float:
+    """The mean over foreground classes of per-class means (classes without any Dice skipped)."""
+    per_class = np.asarray(per_class, dtype=float)
+    finite = per_class[np.isfinite(per_class)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def summarise(cases: list[dict], class_names: list[str]) -> dict:
@@ -103,10 +120,10 @@ class SegmentationReport:
         for item in items:
             pred, label = item[self.pred_key], item[self.label_key]
             if tuple(pred.shape[-3:]) != tuple(label.shape[-3:]):
-                raise ValueError(f"{_source(item, self.label_key)}: prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
+                raise ValueError(f"{source_path(item, self.label_key)}: prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
             spacing = spacing_from_affine(label.affine.cpu().numpy()) if isinstance(label, MetaTensor) else None
             scores = score_case(pred, label, self.num_classes, spacing)
-            scores["case"] = case_id_from_path(_source(item, self.label_key))
+            scores["case"] = case_id_from_path(source_path(item, self.label_key))
             self.cases.append(scores)
 
     def write(self, engine) -> None:

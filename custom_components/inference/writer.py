@@ -24,7 +24,8 @@ def case_id_from_path(path: str) -> str:
     return re.sub(r"_\d{4}$", "", name)
 
 
-def _source(item: dict, key: str) -> str:
+def source_path(item: dict, key: str) -> str:
+    """The file an item's `key` (or else its image) was loaded from."""
     for k in (key, "image"):
         img = item.get(k)
         if isinstance(img, MetaTensor) and "filename_or_obj" in img.meta:
@@ -86,8 +87,8 @@ class PredictionWriter:
         items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         for item in items:
             pred = item[self.key]
-            path = self.output_dir / f"{case_id_from_path(_source(item, self.key))}.nii.gz"
+            path = self.output_dir / f"{case_id_from_path(source_path(item, self.key))}.nii.gz"
             save_label_map(pred, pred.affine if isinstance(pred, MetaTensor) else np.eye(4), path)
             self.written.append(str(path))
             if PROBABILITIES_KEY in item:
-                save_probabilities(item[PROBABILITIES_KEY], self.output_dir / f"{case_id_from_path(_source(item, self.key))}.npz")
+                save_probabilities(item[PROBABILITIES_KEY], self.output_dir / f"{case_id_from_path(source_path(item, self.key))}.npz")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from custom_components.evaluation.report import score_case
+from custom_components.evaluation.report import mean_foreground_dice, per_class_mean_dice, score_case
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -67,20 +67,7 @@ def apply_postprocessing(label_map: np.ndarray, decision: dict) -> np.ndarray:
 
 
 def _case_dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.asarray(score_case(torch.as_tensor(pred), torch.as_tensor(label), num_classes)["dice"], dtype=float)
-
-
-def _per_class_means(case_dice: list[np.ndarray]) -> np.ndarray:
-    """Per foreground class, the mean Dice over cases with NaNs skipped (NaN when every case is NaN)."""
-    table = np.stack(case_dice)  # (cases, foreground classes)
-    counts = np.isfinite(table).sum(0)
-    sums = np.where(np.isfinite(table), table, 0.0).sum(0)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def _foreground_mean(per_class: np.ndarray) -> float:
-    finite = per_class[np.isfinite(per_class)]
-    return float(finite.mean()) if finite.size else float("nan")
+    return np.asarray(score_case(torch.as_tensor(pred), torch.as_tensor(label), num_classes, with_hd95=False)["dice"], dtype=float)
 
 
 def _no_class_worse(before: np.ndarray, after: np.ndarray) -> bool:
@@ -96,7 +83,7 @@ def _json_float(v: float) -> float | None:
 def _report(per_class: np.ndarray) -> dict:
     """JSON form: plain floats, None for a class that has no Dice in any case (NaN everywhere)."""
     return {
-        "mean": _json_float(_foreground_mean(per_class)),
+        "mean": _json_float(mean_foreground_dice(per_class)),
         "per_class": {str(c + 1): _json_float(v) for c, v in enumerate(per_class)},
     }
 
@@ -140,13 +127,13 @@ def choose_postprocessing(cases: list[tuple[np.ndarray, np.ndarray]], num_classe
         labels.append(label)
     current = preds
     current_dice = _score(preds, labels, num_classes)
-    before = _per_class_means(current_dice)
+    before = per_class_mean_dice(current_dice)
     current_means = before
 
     candidate = [keep_largest_foreground(p) for p in current]
     candidate_dice = _score(candidate, labels, num_classes, (current, current_dice))
-    candidate_means = _per_class_means(candidate_dice)
-    largest_foreground = (_foreground_mean(candidate_means) > _foreground_mean(current_means)
+    candidate_means = per_class_mean_dice(candidate_dice)
+    largest_foreground = (mean_foreground_dice(candidate_means) > mean_foreground_dice(current_means)
                           and _no_class_worse(current_means, candidate_means))
     if largest_foreground:
         current, current_dice, current_means = candidate, candidate_dice, candidate_means
@@ -156,7 +143,7 @@ def choose_postprocessing(cases: list[tuple[np.ndarray, np.ndarray]], num_classe
         for c in range(1, num_classes):
             candidate = [keep_largest_per_class(p, [c]) for p in current]
             candidate_dice = _score(candidate, labels, num_classes, (current, current_dice))
-            candidate_means = _per_class_means(candidate_dice)
+            candidate_means = per_class_mean_dice(candidate_dice)
             others = np.arange(num_classes - 1) != c - 1
             if (candidate_means[c - 1] > current_means[c - 1]
                     and _no_class_worse(current_means[others], candidate_means[others])):
