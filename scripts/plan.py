@@ -11,12 +11,12 @@ import sys
 import fire
 
 from custom_components.data.errors import DatasetError
-from custom_components.planning.bundle_writer import template_configuration, write_planned_bundle
-from custom_components.planning.dataset_plan import plan_dataset, plan_section
+from custom_components.planning.bundle_writer import planned_configurations, template_configuration, write_planned_bundle
+from custom_components.planning.dataset_plan import plan_dataset
 from custom_components.planning.planner import LOWRES_MIN_VOXEL_RATIO
 
 
-def summary(plans: dict, configuration: str) -> str:
+def summary(plans: dict, written: list[str]) -> str:
     """One screen: the fingerprint's medians, the normalisation, every planned configuration, the cascade rule."""
     fp = plans["fingerprint"]
     rule = plans["target_spacing_rule"]
@@ -32,7 +32,7 @@ def summary(plans: dict, configuration: str) -> str:
             for n in plans["normalization"]),
     ]
     for name, c in plans["configurations"].items():
-        lines += _configuration_block(name, c, plans, written=name == configuration)
+        lines += _configuration_block(name, c, plans, written=name in written)
     lines.append(_lowres_note(plans))
     return "\n".join(lines)
 
@@ -84,11 +84,11 @@ def main(dataset_dir: str, template: str = "bundles/nnunet_3d_fullres", output_d
         configuration = configuration or template_configuration(template)
         plans = plan_dataset(dataset_dir, memory_gb=memory_gb, base_features=base_features, max_features=max_features,
                              force_lowres=force_lowres)
-        out = write_planned_bundle(template, output_dir, plans, plan_section(plans, configuration), plans["dataset_dir"])
+        out = write_planned_bundle(template, output_dir, plans, configuration, plans["dataset_dir"])
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(summary(plans, configuration))
+    print(summary(plans, planned_configurations(template, configuration)))
     print(f"planned bundle written to {out} (plans: {out / 'configs' / 'plans.json'})")
 
 

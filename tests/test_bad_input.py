@@ -304,7 +304,7 @@ def test_plans_from_a_two_channel_dataset_are_refused_naming_dataset_json_and_pl
     root = make_tiny_ct_dataset(tmp_path / "ds")
     before = digest(root)
     with pytest.raises(DatasetError) as raised:
-        training_datalist(root, 0, 1, num_channels=2)
+        training_datalist(root, 0, num_channels=2)
     message = str(raised.value)
     assert "dataset.json" in message and "plans.json" in message
     assert str(root) in message

@@ -225,11 +225,19 @@ def test_datalist_items_carry_image_label_and_id(seven_case_dataset):
     assert item["label"] == str(seven_case_dataset / "labelsTr" / f"{item['id']}.nii.gz")
 
 
-@pytest.mark.parametrize("fold, val_interval", [("all", 1), ("ALL", 1), (0, 0), (2, -1)])
-def test_fold_all_or_no_validation_trains_on_every_case(seven_case_dataset, fold, val_interval):
-    train = [item["id"] for item in training_datalist(seven_case_dataset, fold, val_interval)]
+@pytest.mark.parametrize("fold", ["all", "ALL"])
+def test_fold_all_trains_on_every_case_without_validation(seven_case_dataset, fold):
+    train = [item["id"] for item in training_datalist(seven_case_dataset, fold)]
     assert sorted(train) == [f"case_{i}" for i in range(7)]
-    assert validation_datalist(seven_case_dataset, fold, val_interval) == []
+    assert validation_datalist(seven_case_dataset, fold) == []
+
+
+@pytest.mark.parametrize("val_interval", [0, -1])
+def test_turning_validation_off_keeps_the_fold_from_training_on_its_held_out_cases(seven_case_dataset, val_interval):
+    held_out = {item["id"] for item in validation_datalist(seven_case_dataset, 2)}
+    train = {item["id"] for item in training_datalist(seven_case_dataset, 2)}
+    assert held_out and not held_out & train and len(held_out | train) == 7
+    assert validation_datalist(seven_case_dataset, 2, val_interval) == []
 
 
 def test_single_case_trains_on_it_without_validation(tmp_path):

@@ -2,4 +2,4 @@
 
 from custom_components.data.dataset import DatasetInfo, read_dataset, require_training_cases
 from custom_components.data.errors import DatasetError
-from custom_components.data.splits import kfold_split, inference_datalist, training_datalist, validation_datalist
+from custom_components.data.splits import kfold_split, inference_datalist, training_datalist, validation_datalist, with_previous_stage

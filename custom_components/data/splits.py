@@ -32,9 +32,9 @@ def _as_item(case: dict) -> dict:
     return {"image": case["image"], "label": case["label"], "id": case["id"]}
 
 
-def training_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, val_interval: int = 1,
-                      num_channels: int | None = None) -> list[dict]:
-    """The cases a fold trains on. Fold 'all', a single case, or no validation means every case.
+def training_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, num_channels: int | None = None) -> list[dict]:
+    """The cases a fold trains on: its part of nnU-Net's split, whether or not validation runs during training
+    (a fold never trains on the cases it holds out). Fold 'all', or a single case, means every case.
 
     `num_channels` is the plan's: a dataset with another channel count was planned for another dataset."""
     info = read_dataset(dataset_dir)
@@ -44,19 +44,33 @@ def training_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, val_i
             f"was made for {num_channels}: re-run scripts.plan on this dataset"
         )
     cases = require_training_cases(info)
-    if _is_all(fold) or val_interval <= 0 or len(cases) < 2:
+    if _is_all(fold) or len(cases) < 2:
         return [_as_item(c) for c in cases]
     keep = set(kfold_split([c["id"] for c in cases])[int(fold)]["train"])
     return [_as_item(c) for c in cases if c["id"] in keep]
 
 
 def validation_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, val_interval: int = 1) -> list[dict]:
-    """The held-out cases of a fold; empty for fold 'all' (nnU-Net then trains without validation)."""
+    """The held-out cases of a fold that validation scores; empty for fold 'all' or when validation is off
+    (`val_interval` <= 0)."""
     cases = require_training_cases(read_dataset(dataset_dir))
     if _is_all(fold) or val_interval <= 0 or len(cases) < 2:
         return []
     keep = set(kfold_split([c["id"] for c in cases])[int(fold)]["val"])
     return [_as_item(c) for c in cases if c["id"] in keep]
+
+
+def with_previous_stage(datalist: list[dict], predictions_dir: str | os.PathLike, key: str = "prev_seg") -> list[dict]:
+    """The cascade's stage-2 data: each case with its stage-1 out-of-fold label map (`<id>.nii.gz` in
+    `predictions_dir`, written by the stage-1 cross-validation) under `key`."""
+    out = []
+    for item in datalist:
+        path = os.path.join(predictions_dir, f"{item['id']}.nii.gz")
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path}: stage-1 out-of-fold prediction of case '{item['id']}' is missing; stage 2 trains "
+                               "on stage 1's cross-validation predictions (scripts.cross_validate runs stage 1 first)")
+        out.append({**item, key: path})
+    return out
 
 
 def inference_datalist(dataset_dir: str | os.PathLike, require_labels: bool = False) -> list[dict]:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 def run_bundle_inference(bundle_root: str | Path, cases: Sequence[dict], output_dir: str | Path,
                          ckpt_dir: str | Path | None = None, save_probabilities: bool = True,
-                         overrides: Mapping | None = None) -> None:
+                         overrides: Mapping | None = None, config: str = "inference.yaml") -> None:
     """Predict `cases` with the bundle's `configs/inference.yaml` (its preprocessing, inferer and inversion),
-    writing `<case>.nii.gz` and, with `save_probabilities`, `<case>.npz` in each case's original geometry."""
+    writing `<case>.nii.gz` and, with `save_probabilities`, `<case>.npz` in each case's original geometry.
+    `config` names another inference config of the bundle (the cascade's `inference_stage1.yaml`)."""
     from monai.bundle import ConfigWorkflow
 
     root = Path(bundle_root)
@@ -19,7 +20,7 @@ def run_bundle_inference(bundle_root: str | Path, cases: Sequence[dict], output_
     if ckpt_dir is not None:
         settings["ckpt_dir"] = str(ckpt_dir)
     settings.update(dict(overrides or {}))
-    workflow = ConfigWorkflow(config_file=str(root / "configs" / "inference.yaml"), workflow_type="infer",
+    workflow = ConfigWorkflow(config_file=str(root / "configs" / config), workflow_type="infer",
                               logging_file=False, **settings)
     workflow.initialize()
     workflow.run()

@@ -12,6 +12,7 @@ and resamples the label map).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import List, Optional, Tuple
 
@@ -21,8 +22,16 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import nn
 
+from custom_components.data.errors import DatasetError
 from custom_components.inference.ensemble import FoldEnsemble
 from custom_components.inference.mirroring import MirroredSlidingWindowInferer
+
+
+def spacing_ratio(lowres_spacing: Sequence[float], fullres_spacing: Sequence[float]) -> List[float]:
+    """`CascadeNet`'s `lowres_factor` from the two plans' target spacings: low-res / full-res, per axis."""
+    if len(lowres_spacing) != len(fullres_spacing):
+        raise ValueError(f"spacings {list(lowres_spacing)} and {list(fullres_spacing)} differ in length")
+    return [float(lo) / float(full) for lo, full in zip(lowres_spacing, fullres_spacing)]
 
 
 def lowres_shape(spatial_shape: List[int], lowres_factor: List[float]) -> List[int]:
@@ -237,3 +246,19 @@ class CascadeInferer(Inferer):
 def _one_or_ensemble(stages: List[nn.Module]) -> nn.Module:
     # MirroredSlidingWindowInferer returns the log of the members' mean softmax for a FoldEnsemble
     return stages[0] if len(stages) == 1 else FoldEnsemble(stages)
+
+
+def with_stage1_weights(cascade: CascadeNet, stage1_model: str | os.PathLike) -> CascadeNet:
+    """Stage 2's training network: the cascade with stage 1 loaded from its trained `model.pt` and frozen, so
+    that the training checkpoint and the final `model.pt` hold both stages (one file deploys the cascade)."""
+    if not os.path.isfile(stage1_model):
+        raise DatasetError(f"{stage1_model}: stage-1 model not found; train stage 1 first "
+                           "(scripts.cross_validate does both stages in order)")
+    state = torch.load(stage1_model, map_location="cpu", weights_only=True)
+    try:
+        cascade.stage1.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise DatasetError(f"{stage1_model}: does not fit the cascade's stage-1 network ({str(e).splitlines()[0]})") from e
+    cascade.stage1.requires_grad_(False)
+    cascade.stage1.eval()
+    return cascade

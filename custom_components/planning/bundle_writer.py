@@ -4,6 +4,10 @@ Templates share config through `_include_` lists: names resolved next to the inc
 `custom_components/configs/`. A planned bundle is self-contained: each of its train, inference and evaluate
 configs is written flattened (includes merged, the plan's numbers inserted as the `plan` section), so that
 `monai.bundle`, MONAI Label and the TorchScript export all see one plain config file.
+
+A config gets the `plan` section of the configuration the bundle is planned for, unless it names another one
+(`plan_configuration`, as the cascade's stage-1 configs do); a config that names `stage1_plan_configuration`
+(the cascade) also gets that configuration's numbers as `plan_stage1`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import yaml
 
 from custom_components.data.errors import DatasetError
 from custom_components.io_utils import atomic_write_json, atomic_write_text
+from custom_components.planning.dataset_plan import plan_section
 
 SHARED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 INCLUDE_KEY = "_include_"
@@ -52,13 +57,15 @@ def _set_path(config: dict, key: str, value) -> None:
 
 
 def merge_configs(base: dict, override: Mapping) -> dict:
-    """Later wins; nested mappings merge; `a#b` keys set a nested id of `base`, and stay literal (an override
-    for MONAI to apply later, as in multi_gpu_train.yaml) when `base` has no `a`."""
+    """Later wins; nested mappings merge, unless they build different things (another `_target_`), where the
+    later replaces the earlier; `a#b` keys set a nested id of `base`, and stay literal (an override for MONAI to
+    apply later, as in multi_gpu_train.yaml) when `base` has no `a`."""
     out = dict(base)
     for key, value in override.items():
         if "#" in key and key.split("#")[0] in out:
             _set_path(out, key, value)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        elif (isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+              and value.get("_target_", out[key].get("_target_")) == out[key].get("_target_")):
             out[key] = merge_configs(dict(out[key]), value)
         else:
             out[key] = value
@@ -92,9 +99,33 @@ def template_configuration(template: str | os.PathLike) -> str:
     return str(config.get("plan_configuration", "3d_fullres"))
 
 
+def planned_configurations(template: str | os.PathLike, configuration: str | None = None) -> list[str]:
+    """Every plans.json configuration the template's configs use, the bundle's own (`configuration`, default
+    the template's) first."""
+    template = Path(template)
+    template_main = template_configuration(template)
+    main = configuration or template_main
+    used = [main]
+    for cfg in sorted((template / "configs").glob("*.yaml")):
+        if INCLUDE_KEY in _load_yaml(cfg):
+            content, _ = resolve_config(cfg)
+            used += [c for c in _sections(content, template_main, main).values() if c not in used]
+    return used
+
+
+def _sections(content: Mapping, template_main: str, main: str) -> dict[str, str]:
+    """The plan sections a workflow config gets: {"plan": configuration, ["plan_stage1": configuration]}."""
+    own = str(content.get("plan_configuration", template_main))
+    sections = {"plan": main if own == template_main else own}
+    if "stage1_plan_configuration" in content:
+        sections["plan_stage1"] = str(content["stage1_plan_configuration"])
+    return sections
+
+
 def write_planned_bundle(template: str | os.PathLike, output_dir: str | os.PathLike, plans: Mapping,
-                         plan: Mapping, dataset_dir: str) -> Path:
-    """Copy the template to `output_dir`, write `configs/plans.json`, flatten every config that includes others."""
+                         configuration: str, dataset_dir: str) -> Path:
+    """Copy the template to `output_dir`, write `configs/plans.json`, flatten every config that includes others,
+    giving each workflow config its plan sections (`configuration` is the bundle's own)."""
     template, out = Path(template), Path(output_dir)
     if not (template / "configs" / "metadata.json").is_file():
         raise DatasetError(f"{template}: not a bundle template (no configs/metadata.json)")
@@ -102,14 +133,17 @@ def write_planned_bundle(template: str | os.PathLike, output_dir: str | os.PathL
         raise DatasetError(f"{out}: the output folder must differ from the template (templates are never modified)")
     flattened: dict[str, dict] = {}
     used_local: set[str] = set()
+    template_main = template_configuration(template)
     for cfg in sorted((template / "configs").glob("*.yaml")):
         if INCLUDE_KEY not in _load_yaml(cfg):
             continue
         content, local = resolve_config(cfg)
         used_local.update(p.name for p in local)
         if "network_def" in content:  # a full workflow config (not an override file): give it the plan
-            content = merge_configs(content, {"plan": dict(plan), "dataset_dir": str(dataset_dir),
-                                              "bundle_root": str(out.resolve())})
+            sections = _sections(content, template_main, configuration)
+            content = merge_configs(content, {"plan_configuration": sections["plan"],
+                                              **{k: plan_section(plans, c) for k, c in sections.items()},
+                                              "dataset_dir": str(dataset_dir), "bundle_root": str(out.resolve())})
         flattened[cfg.name] = content
     out.mkdir(parents=True, exist_ok=True)
     for item in template.iterdir():
@@ -127,7 +161,7 @@ def write_planned_bundle(template: str | os.PathLike, output_dir: str | os.PathL
     meta_path = out / "configs" / "metadata.json"
     with open(meta_path) as f:
         meta = json.load(f)
-    atomic_write_json(meta_path, planned_metadata(meta, plans, plan))
+    atomic_write_json(meta_path, planned_metadata(meta, plans, plan_section(plans, configuration)))
     return out
 
 

@@ -124,7 +124,9 @@ PLAN_SECTION_KEYS_2D = ("slice_axis", "spacing_2d")
 def plan_section(plans: Mapping, configuration: str) -> dict:
     """The flat `plan` section that the bundle configs read (`@plan#patch_size`, ...), for any configuration."""
     if configuration not in plans["configurations"]:
-        raise DatasetError(f"plans.json has no '{configuration}' configuration (has {sorted(plans['configurations'])})")
+        hint = ("; nnU-Net's cascade rule did not plan it for this dataset (the full-res patch covers enough of the "
+                "images): plan with --force_lowres to build the cascade anyway") if configuration == "3d_lowres" else ""
+        raise DatasetError(f"plans.json has no '{configuration}' configuration (has {sorted(plans['configurations'])}){hint}")
     conf = plans["configurations"][configuration]
     section = {
         "configuration": configuration,

@@ -4,6 +4,11 @@ Each fold trains through the bundle's own training workflow (`python -m monai.bu
 interrupted fold resumes from its checkpoint), writing `models/fold_K/model.pt`. The fold's model then predicts
 its held-out cases with the bundle's inference workflow: label maps and probabilities, in each case's original
 geometry, go to `cv/`. `cv/summary.json` holds the Dice per class for every fold and over all cases.
+
+A cascade bundle (one with `configs/train_stage1.yaml`) is cross-validated stage by stage: stage 1 on all five
+folds first (`models/stage1/fold_K`, out-of-fold predictions in `stage1/cv/`), because stage 2 of every fold
+trains on those predictions of its training cases; then stage 2 on the requested folds, whose `model.pt` holds
+the whole cascade and whose out-of-fold predictions (both stages run) go to `cv/`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,53 +31,83 @@ from custom_components.inference.bundle_runner import run_bundle_inference
 from custom_components.io_utils import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ALL_FOLDS = (0, 1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where one trained network of a bundle reads its configs and writes its folds and out-of-fold results."""
+
+    train_config: str = "train.yaml"
+    inference_config: str = "inference.yaml"
+    models: str = "models"
+    logs: str = "logs"
+    cv: str = "cv"
+
+
+BUNDLE = Stage()
+CASCADE_STAGE1 = Stage("train_stage1.yaml", "inference_stage1.yaml", "models/stage1", "logs/stage1", "stage1/cv")
+
+
+def is_cascade(bundle_root: str | os.PathLike) -> bool:
+    return (Path(bundle_root) / "configs" / CASCADE_STAGE1.train_config).is_file()
 
 
 def _cli_value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def train_fold(bundle_root: Path, dataset_dir: str, fold: int, overrides: Mapping) -> None:
+def train_fold(bundle_root: Path, dataset_dir: str, fold: int, overrides: Mapping, stage: Stage = BUNDLE) -> None:
     """Run the bundle's training for one fold in a fresh process (resumes if the fold has a checkpoint)."""
     args = [sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", str(bundle_root / "configs" / "train.yaml"), "--bundle_root", str(bundle_root),
+            "--config_file", str(bundle_root / "configs" / stage.train_config), "--bundle_root", str(bundle_root),
             "--dataset_dir", str(dataset_dir), "--fold", str(fold),
-            "--ckpt_dir", str(bundle_root / "models" / f"fold_{fold}"), "--log_dir", str(bundle_root / "logs" / f"fold_{fold}")]
+            "--ckpt_dir", str(bundle_root / stage.models / f"fold_{fold}"), "--log_dir", str(bundle_root / stage.logs / f"fold_{fold}")]
     for key, value in overrides.items():
         args += [f"--{key}", _cli_value(value)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    print(f"== fold {fold}: training", flush=True)
+    print(f"== fold {fold}: training ({stage.train_config})", flush=True)
     proc = subprocess.run(args, env=env, cwd=REPO_ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(f"training fold {fold} of {bundle_root} failed (exit {proc.returncode}); re-run to resume it")
+        raise RuntimeError(f"training fold {fold} of {bundle_root} ({stage.train_config}) failed (exit {proc.returncode}); "
+                           "re-run to resume it")
 
 
-def cross_validate(bundle_root: str | os.PathLike, dataset_dir: str | os.PathLike, folds: Sequence[int] = (0, 1, 2, 3, 4),
+def cross_validate(bundle_root: str | os.PathLike, dataset_dir: str | os.PathLike, folds: Sequence[int] = ALL_FOLDS,
                    overrides: Mapping | None = None, inference_overrides: Mapping | None = None) -> dict:
-    """Train and predict the given folds, then write and return `cv/summary.json`."""
+    """Train and predict the given folds (a cascade: stage 1 on every fold first), then write and return
+    `cv/summary.json`."""
     root = Path(bundle_root).resolve()
     if not (root / "configs" / "train.yaml").is_file():
         raise DatasetError(f"{root}: not a planned bundle (no configs/train.yaml); run scripts.plan first")
+    if is_cascade(root):
+        cross_validate_stage(root, dataset_dir, ALL_FOLDS, overrides, inference_overrides, CASCADE_STAGE1)
+    return cross_validate_stage(root, dataset_dir, folds, overrides, inference_overrides, BUNDLE)
+
+
+def cross_validate_stage(root: Path, dataset_dir: str | os.PathLike, folds: Sequence[int], overrides: Mapping | None,
+                         inference_overrides: Mapping | None, stage: Stage) -> dict:
+    """One network's cross-validation: train each fold, predict its held-out cases, summarise in `<cv>/summary.json`."""
     info = read_dataset(dataset_dir)
     cases = {c["id"]: c for c in require_training_cases(info)}
     split = kfold_split(list(cases))
-    cv_dir = root / "cv"
+    cv_dir = root / stage.cv
     class_names = [n for n, v in sorted(info.labels.items(), key=lambda kv: kv[1]) if v != 0]
     # overrides of ids the inference config also has (mirroring, sliding-window batch, plan numbers) apply to
     # the out-of-fold predictions too; training-only ones (epochs, iterations) do not
-    with open(root / "configs" / "inference.yaml") as f:
+    with open(root / "configs" / stage.inference_config) as f:
         infer_ids = set(yaml.safe_load(f))
     shared = {k: v for k, v in dict(overrides or {}).items() if k.split("#")[0] in infer_ids and k != "dataset_dir"}
     inference_overrides = {**shared, **dict(inference_overrides or {})}
     for fold in folds:
         if not 0 <= int(fold) < len(split):
             raise DatasetError(f"fold {fold} does not exist: nnU-Net's split has folds 0-{len(split) - 1}")
-        train_fold(root, str(dataset_dir), int(fold), dict(overrides or {}))
-        print(f"== fold {fold}: predicting its {len(split[fold]['val'])} held-out case(s)", flush=True)
+        train_fold(root, str(dataset_dir), int(fold), dict(overrides or {}), stage)
+        print(f"== fold {fold}: predicting its {len(split[fold]['val'])} held-out case(s) ({stage.inference_config})", flush=True)
         val_cases = [cases[i] for i in split[fold]["val"]]
-        run_bundle_inference(root, val_cases, cv_dir, ckpt_dir=root / "models" / f"fold_{fold}",
-                             overrides={"dataset_dir": str(dataset_dir), "folds": "auto", **dict(inference_overrides or {})})
+        run_bundle_inference(root, val_cases, cv_dir, ckpt_dir=root / stage.models / f"fold_{fold}", config=stage.inference_config,
+                             overrides={"dataset_dir": str(dataset_dir), "folds": "auto", **inference_overrides})
     summary: dict = {"bundle_root": str(root), "split_seed": 12345, "folds": {}}
     all_scores = []
     for fold in folds:

@@ -1,5 +1,7 @@
-"""MONAI transforms for nnU-Net's preprocessing: checks, normalisation and anisotropic resampling."""
+"""MONAI transforms for nnU-Net's preprocessing: checks, normalisation and anisotropic resampling; and the
+cascade's previous-stage channels."""
 
+from custom_components.transforms.cascade import PreviousStageOneHotd, RandPerturbPreviousStaged
 from custom_components.transforms.checks import CheckImaged, is_nonzero, source_name
 from custom_components.transforms.intensity import NormalizeIntensityByPland, normalize_channel
 from custom_components.transforms.resampling import AnisotropicResampled

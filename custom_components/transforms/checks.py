@@ -27,14 +27,15 @@ def is_nonzero(x: torch.Tensor) -> torch.Tensor:
 
 class CheckImaged(MapTransform):
     """Refuse images a bundle cannot use: wrong dimensionality or channel count, NaN or inf intensities;
-    and labels whose grid differs from the image's or whose values are not in `dataset.json`'s labels."""
+    and labels (`label_key`: one key or several, such as the cascade's stage-1 prediction) whose grid differs
+    from the image's or whose values are not in `dataset.json`'s labels."""
 
     def __init__(
         self,
         keys: Sequence[str] = ("image",),
         spatial_dims: int = 3,
         num_channels: int | None = None,
-        label_key: str | None = None,
+        label_key: str | Sequence[str] | None = None,
         label_values: Sequence[int] | None = None,
         affine_atol: float = 1e-3,
         allow_missing_keys: bool = True,
@@ -42,7 +43,7 @@ class CheckImaged(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.spatial_dims = spatial_dims
         self.num_channels = num_channels
-        self.label_key = label_key
+        self.label_keys = [] if label_key is None else [label_key] if isinstance(label_key, str) else list(label_key)
         self.label_values = None if label_values is None else {int(v) for v in label_values}
         self.affine_atol = affine_atol
 
@@ -82,6 +83,7 @@ class CheckImaged(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             self._check_image(d[key])
-            if self.label_key is not None and self.label_key in d:
-                self._check_label(d[key], d[self.label_key])
+            for label_key in self.label_keys:
+                if label_key in d:
+                    self._check_label(d[key], d[label_key])
         return d
