@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -226,7 +227,7 @@ def test_plan_section_of_every_configuration(configuration, dims):
 
 def test_plan_section_of_a_configuration_not_planned_names_it():
     plans = make_plans(ct_info(), with_ct_stats(iso_fingerprint(200)), 8.0, "test")
-    with pytest.raises(DatasetError, match="no '3d_lowres' configuration"):
+    with pytest.raises(DatasetError, match="no '3d_lowres' configuration.*--force_lowres"):
         plan_section(plans, "3d_lowres")
 
 
@@ -234,8 +235,26 @@ def test_summary_lists_every_configuration_and_why_lowres_is_missing():
     from scripts.plan import summary
 
     plans = make_plans(ct_info(), with_ct_stats(iso_fingerprint(200)), 8.0, "test")
-    text = summary(plans, "3d_fullres")
+    text = summary(plans, ["3d_fullres"])
     assert "configuration 2d:" in text and "configuration 3d_fullres (written to the bundle)" in text
     assert "3d_lowres not needed: the full-res patch covers 26.2% of the median image" in text
-    forced = summary(make_plans(ct_info(), with_ct_stats(iso_fingerprint(200)), 8.0, "test", force_lowres=True), "2d")
+    forced = summary(make_plans(ct_info(), with_ct_stats(iso_fingerprint(200)), 8.0, "test", force_lowres=True), ["2d"])
     assert "configuration 3d_lowres:" in forced and "configuration 2d (written to the bundle)" in forced
+
+
+def test_merging_a_mapping_that_builds_another_target_replaces_it_instead_of_mixing_arguments():
+    from custom_components.planning.bundle_writer import merge_configs
+
+    base = {"inferer": {"_target_": "A", "roi_size": 1, "slice_axis": None}, "net": {"_target_": "N", "x": 1}}
+    merged = merge_configs(base, {"inferer": {"_target_": "B", "roi_size": 2}, "net": {"x": 2}, "net#y": 3})
+    assert merged["inferer"] == {"_target_": "B", "roi_size": 2}  # another class: its own arguments only
+    assert merged["net"] == {"_target_": "N", "x": 2, "y": 3}  # the same class: arguments merge
+
+
+def test_cascade_template_plans_the_lowres_stage_next_to_fullres():
+    from custom_components.planning.bundle_writer import planned_configurations
+
+    root = Path(__file__).resolve().parents[1] / "bundles"
+    assert planned_configurations(root / "nnunet_3d_cascade") == ["3d_fullres", "3d_lowres"]
+    assert planned_configurations(root / "nnunet_2d") == ["2d"]
+    assert planned_configurations(root / "nnunet_3d_fullres", "2d") == ["2d"]
