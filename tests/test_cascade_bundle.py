@@ -178,3 +178,19 @@ def test_exported_cascade_runs_both_stages_and_matches_eager_inference(cascade, 
     assert p_scripted.shape[1] == 3 and p_scripted.shape[2:] == image.shape[2:]
     assert float((p_scripted - p_eager).abs().max()) < 1e-4
     assert float((s1_scripted - s1_eager).abs().max()) < 1e-4
+
+
+def test_two_process_gloo_training_of_stage_2_writes_one_whole_cascade(cascade, tmp_path):
+    data, bundle = cascade
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("logs", "cv"))
+    shutil.copytree(bundle / "stage1" / "cv", copy / "stage1" / "cv")
+    shutil.rmtree(copy / "models" / "fold_0")
+    configs = f"['{copy / 'configs' / 'train.yaml'}','{copy / 'configs' / 'multi_gpu_train.yaml'}']"
+    proc = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
+               "--config_file", configs, "--bundle_root", str(copy), "--dataset_dir", str(data), "--val_interval", "0",
+               "--num_workers", "0", "--ckpt_dir", str(copy / "models" / "fold_0"), *TINY[:4])
+    assert proc.stdout.count("epoch 1/1") == 1  # only rank 0 reports and writes
+    state = torch.load(copy / "models" / "fold_0" / "model.pt", weights_only=True)
+    assert not any(".module." in k or k.startswith("module.") for k in state)
+    _parser(copy).get_parsed_content("network_def").load_state_dict(state, strict=True)
