@@ -5,6 +5,7 @@
 
 Every option other than the three above is passed to each fold's training as a config override.
 Writes `W/models/fold_K/model.pt`, out-of-fold predictions and probabilities in `W/cv/`, and `W/cv/summary.json`.
+A cascade bundle trains stage 1 on all 5 folds first (`W/models/stage1/`, `W/stage1/cv/`), then stage 2.
 """
 
 from __future__ import annotations

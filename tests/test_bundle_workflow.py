@@ -118,6 +118,22 @@ def test_planned_configs_are_flat_and_carry_the_plan(planned):
     assert not (bundle / "configs" / "slicing.yaml").exists()  # bundle-local include fragments are folded in
 
 
+@pytest.mark.parametrize("fold", [0, 3])
+def test_a_fold_trains_only_on_its_training_cases_with_or_without_validation(planned, fold):
+    from monai.bundle import ConfigParser
+
+    from custom_components.data.splits import kfold_split
+
+    data, bundle = planned
+    ids = sorted(p.name.replace(".nii.gz", "") for p in (data / "labelsTr").iterdir())
+    for val_interval in (1, 0):
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "train.yaml"))
+        parser.update({"dataset_dir": str(data), "fold": fold, "val_interval": val_interval})
+        trained_on = sorted(item["id"] for item in parser.get_parsed_content("train#dataset#data"))
+        assert trained_on == sorted(kfold_split(ids)[fold]["train"])
+
+
 def test_training_writes_model_checkpoint_progress_and_curve(trained):
     data, bundle = trained
     from monai.bundle import ConfigParser

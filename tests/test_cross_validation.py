@@ -102,3 +102,18 @@ def test_fold_models_are_ensembled_by_default_as_the_mean_of_their_probabilities
         probs[name] = np.load(next(out.glob("*.npz")))["probabilities"].astype(np.float32)
     np.testing.assert_allclose(probs["both"], (probs["fold0"] + probs["fold1"]) / 2, atol=2e-3)
     assert not np.allclose(probs["fold0"], probs["fold1"], atol=1e-3)  # the members really differ
+
+
+def test_cascade_stage_1_gets_its_own_plan_overrides_and_not_stage_2s():
+    from custom_components.training.cross_validation import stage1_overrides
+
+    overrides = {"plan#batch_size": 4, "patch_size": [8, 8, 8], "plan_stage1#batch_size": 3,
+                 "train#trainer#max_epochs": 2, "use_mirroring": False}
+    assert stage1_overrides(overrides) == {"plan#batch_size": 3, "train#trainer#max_epochs": 2, "use_mirroring": False}
+
+
+def test_cross_validation_refuses_a_fold_outside_the_split_before_training(cross_validated):
+    data, bundles = cross_validated
+    proc = run("-m", "scripts.cross_validate", "--bundle_root", str(bundles["nnunet_3d_fullres"]), "--dataset_dir", str(data),
+               "--folds", "5", check=False)
+    assert proc.returncode == 2 and "folds [5] do not exist" in proc.stderr and "== fold" not in proc.stdout

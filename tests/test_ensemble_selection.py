@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from custom_components.data.errors import DatasetError
 from custom_components.ensembling import average_probabilities, candidate_ensembles, score_candidates, select_best
 
 SHAPE = (20, 20, 8)
@@ -127,3 +130,29 @@ def test_missing_case_or_wrong_shape_names_the_configuration_and_case():
     oof["3d_fullres"]["case_0"] = oof["3d_fullres"]["case_0"][:, :, :, :4]
     with pytest.raises(ValueError, match=r"'3d_fullres', case 'case_0'"):
         score_candidates(oof, labels, num_classes=3)
+
+
+def _metrics(folder, mean, organ):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(
+        {"mean_dice": mean, "num_cases": 2, "per_class": {"organ": {"dice": organ}, "lesion": {"dice": None}}}))
+
+
+def test_comparison_reports_the_ensemble_margin_over_the_best_single_run(tmp_path):
+    from custom_components.evaluation.comparison import compare_runs, comparison_lines
+
+    _metrics(tmp_path / "ensemble", 0.90, 0.90)
+    _metrics(tmp_path / "a_fold_0", 0.93, 0.93)
+    _metrics(tmp_path / "b_fold_1", None, None)  # every case NaN: skipped, and printed as n/a
+    result = compare_runs(tmp_path)
+    assert result["best_other"] == "a_fold_0" and result["margin"] == pytest.approx(-0.03)
+    text = "\n".join(comparison_lines(result))
+    assert "lesion n/a" in text and "difference -0.0300" in text
+
+
+def test_comparison_without_the_reference_run_names_it(tmp_path):
+    from custom_components.evaluation.comparison import compare_runs
+
+    _metrics(tmp_path / "a_fold_0", 0.93, 0.93)
+    with pytest.raises(DatasetError, match="ensemble/metrics.json"):
+        compare_runs(tmp_path)

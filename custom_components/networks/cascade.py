@@ -252,8 +252,9 @@ def with_stage1_weights(cascade: CascadeNet, stage1_model: str | os.PathLike) ->
     """Stage 2's training network: the cascade with stage 1 loaded from its trained `model.pt` and frozen, so
     that the training checkpoint and the final `model.pt` hold both stages (one file deploys the cascade)."""
     if not os.path.isfile(stage1_model):
-        raise DatasetError(f"{stage1_model}: stage-1 model not found; train stage 1 first "
-                           "(scripts.cross_validate does both stages in order)")
+        raise DatasetError(f"{stage1_model}: stage-1 model not found; train stage 1 of this fold first "
+                           "(scripts.cross_validate trains both stages in order; for --fold all, run train_stage1.yaml "
+                           "with --fold all --ckpt_dir <bundle>/models/stage1/fold_all)")
     state = torch.load(stage1_model, map_location="cpu", weights_only=True)
     try:
         cascade.stage1.load_state_dict(state, strict=True)

@@ -25,13 +25,15 @@ import yaml
 
 from custom_components.data.dataset import read_dataset, require_training_cases
 from custom_components.data.errors import DatasetError
-from custom_components.data.splits import kfold_split
+from custom_components.data.splits import N_FOLDS, kfold_split
 from custom_components.evaluation.report import score_folder, summarise
 from custom_components.inference.bundle_runner import run_bundle_inference
 from custom_components.io_utils import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ALL_FOLDS = (0, 1, 2, 3, 4)
+ALL_FOLDS = tuple(range(N_FOLDS))
+# overrides of stage 2's plan that mean something else for the cascade's stage 1 (whose `plan` is 3d_lowres)
+STAGE2_ONLY_IDS = ("plan", "patch_size", "target_spacing")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ CASCADE_STAGE1 = Stage("train_stage1.yaml", "inference_stage1.yaml", "models/sta
 
 
 def is_cascade(bundle_root: str | os.PathLike) -> bool:
+    """A cascade bundle has a stage-1 training config beside its (stage-2) train.yaml."""
     return (Path(bundle_root) / "configs" / CASCADE_STAGE1.train_config).is_file()
 
 
@@ -81,9 +84,26 @@ def cross_validate(bundle_root: str | os.PathLike, dataset_dir: str | os.PathLik
     root = Path(bundle_root).resolve()
     if not (root / "configs" / "train.yaml").is_file():
         raise DatasetError(f"{root}: not a planned bundle (no configs/train.yaml); run scripts.plan first")
+    bad = [f for f in folds if not 0 <= int(f) < N_FOLDS]
+    if bad:
+        raise DatasetError(f"folds {bad} do not exist: nnU-Net's split has folds 0-{N_FOLDS - 1}")
     if is_cascade(root):
-        cross_validate_stage(root, dataset_dir, ALL_FOLDS, overrides, inference_overrides, CASCADE_STAGE1)
+        cross_validate_stage(root, dataset_dir, ALL_FOLDS, stage1_overrides(overrides), stage1_overrides(inference_overrides),
+                             CASCADE_STAGE1)
     return cross_validate_stage(root, dataset_dir, folds, overrides, inference_overrides, BUNDLE)
+
+
+def stage1_overrides(overrides: Mapping | None) -> dict:
+    """The overrides that reach the cascade's stage 1: `plan_stage1#...` becomes its `plan#...`; stage 2's plan
+    numbers (`plan#...`, `patch_size`, `target_spacing`) stay with stage 2; everything else applies to both."""
+    out = {}
+    for key, value in dict(overrides or {}).items():
+        head, _, rest = key.partition("#")
+        if head == "plan_stage1" and rest:
+            out[f"plan#{rest}"] = value
+        elif head not in STAGE2_ONLY_IDS:
+            out[key] = value
+    return out
 
 
 def cross_validate_stage(root: Path, dataset_dir: str | os.PathLike, folds: Sequence[int], overrides: Mapping | None,
