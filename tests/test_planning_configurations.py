@@ -258,3 +258,10 @@ def test_cascade_template_plans_the_lowres_stage_next_to_fullres():
     assert planned_configurations(root / "nnunet_3d_cascade") == ["3d_fullres", "3d_lowres"]
     assert planned_configurations(root / "nnunet_2d") == ["2d"]
     assert planned_configurations(root / "nnunet_3d_fullres", "2d") == ["2d"]
+
+
+@pytest.mark.parametrize("levels, expected", [(3, [16, 32, 64]), (5, [16, 32, 64, 128, 256]), (7, [16, 32, 64, 128, 256, 512, 512])])
+def test_paper_features_follow_the_plan_s_number_of_levels(levels, expected):
+    from custom_components.networks.topology import level_features
+
+    assert level_features([16, 32, 64, 128, 256], levels) == expected
