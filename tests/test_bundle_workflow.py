@@ -32,6 +32,18 @@ def bundle_run(workflow: str, bundle: Path, *overrides: str, config: str | None 
     return run("-m", "monai.bundle", "run", workflow, "--config_file", str(cfg), "--bundle_root", str(bundle), *overrides)
 
 
+def evaluate_one_test_case(bundle: Path, data: Path, out: Path) -> None:
+    """Run the evaluate workflow (no mirroring) on a one-test-case demo set; check the scores and that the
+    prediction has the input's shape and affine."""
+    bundle_run("evaluate", bundle, "--dataset_dir", str(data), "--output_dir", str(out), "--use_mirroring", "False")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_cases"] == 1 and set(metrics["per_class"]) == {"organ", "lesion"}
+    image = next((data / "imagesTs").glob("*.nii.gz"))
+    pred = nib.load(out / image.name.replace("_0000.nii.gz", ".nii.gz"))
+    assert pred.shape == nib.load(image).shape
+    np.testing.assert_allclose(pred.affine, nib.load(image).affine, atol=1e-5)
+
+
 TEMPLATES = ["nnunet_3d_fullres", "nnunet_2d"]
 _prepared: dict = {}
 

@@ -8,14 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
 
 from custom_components.data.splits import kfold_split
-from tests.test_bundle_workflow import ROOT, bundle_run, run
+from tests.test_bundle_workflow import ROOT, bundle_run, evaluate_one_test_case, run
 
 TEMPLATE = ROOT / "bundles" / "nnunet_3d_cascade"
 TINY = ("--train#trainer#max_epochs", "1", "--iterations_per_epoch", "1", "--use_mirroring", "False")
@@ -133,14 +132,7 @@ def test_stage_2_training_without_stage_1_results_names_the_missing_file(cascade
 
 def test_cascade_evaluate_runs_both_stages_and_predicts_in_the_input_geometry(cascade, tmp_path):
     data, bundle = cascade
-    out = tmp_path / "eval"
-    bundle_run("evaluate", bundle, "--dataset_dir", str(data), "--output_dir", str(out), "--use_mirroring", "False")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_cases"] == 1 and set(metrics["per_class"]) == {"organ", "lesion"}
-    image = next((data / "imagesTs").glob("*.nii.gz"))
-    pred = nib.load(out / image.name.replace("_0000.nii.gz", ".nii.gz"))
-    assert pred.shape == nib.load(image).shape
-    np.testing.assert_allclose(pred.affine, nib.load(image).affine, atol=1e-5)
+    evaluate_one_test_case(bundle, data, tmp_path / "eval")
 
 
 def test_cascade_metadata_and_network_pass_the_bundle_checks(cascade):

@@ -4,15 +4,11 @@ a TorchScript export that matches eager."""
 
 from __future__ import annotations
 
-import json
-
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.test_bundle_workflow import ROOT, bundle_run, run
+from tests.test_bundle_workflow import ROOT, bundle_run, evaluate_one_test_case, run
 
 PAPER_BUNDLES = {"attention_unet": "AttentionUNet", "multires_unet": "MultiResUNet",
                  "nonlocal_unet": "NonLocalUNet", "residual_unet": "ResidualUNet"}
@@ -53,14 +49,7 @@ def test_planned_network_is_the_paper_s_with_the_plan_s_levels(trained):
 
 def test_evaluate_predicts_in_the_input_geometry_and_scores_every_class(trained, tmp_path):
     _, data, bundle = trained
-    out = tmp_path / "eval"
-    bundle_run("evaluate", bundle, "--dataset_dir", str(data), "--output_dir", str(out), "--use_mirroring", "False")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_cases"] == 1 and set(metrics["per_class"]) == {"organ", "lesion"}
-    image = next((data / "imagesTs").glob("*.nii.gz"))
-    pred = nib.load(out / image.name.replace("_0000.nii.gz", ".nii.gz"))
-    assert pred.shape == nib.load(image).shape
-    np.testing.assert_allclose(pred.affine, nib.load(image).affine, atol=1e-5)
+    evaluate_one_test_case(bundle, data, tmp_path / "eval")
 
 
 def test_bundle_checks_and_torchscript_export_pass(trained):
