@@ -15,7 +15,7 @@ from custom_components.evaluation.report import score_case, summarise
 from custom_components.inference.mirroring import MirroredSlidingWindowInferer, mirror_combinations
 from custom_components.losses import DeepSupervisionDiceCELoss
 from custom_components.training.checkpoint import ResumableCheckpoint, rng_state, set_rng_state
-from custom_components.training.schedules import PlateauSchedule, PolySchedule, build_optimizer
+from custom_components.training.schedules import PlateauSchedule, PolySchedule, build_optimizer, build_schedule
 
 
 def test_deep_supervision_loss_weights_heads_like_nnunet():
@@ -83,6 +83,22 @@ def test_poly_schedule_follows_nnunet_v2_formula():
     engine.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append(opt.param_groups[0]["lr"]))
     engine.run(range(1), max_epochs=4)
     assert seen == pytest.approx([1e-2 * (1 - k / 10) ** 0.9 for k in range(4)])
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"kind": "step", "step_epochs": 2, "step_gamma": 0.1}, [1e-3, 1e-3, 1e-4, 1e-4, 1e-5]),
+    ({"kind": "constant"}, [1e-3] * 5),
+])
+def test_step_and_constant_schedules_set_the_lr_each_epoch(settings, expected):
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer([param], {"optimizer": "adam", "lr": 1e-3})
+    schedule = build_schedule(opt, settings, max_epochs=5)
+    seen = []
+    engine = Engine(lambda e, b: [{"loss": torch.tensor(1.0)}])
+    schedule.attach(engine)
+    engine.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append(opt.param_groups[0]["lr"]))
+    engine.run(range(1), max_epochs=5)
+    assert seen == pytest.approx(expected)
 
 
 def test_checkpoint_restores_weights_optimizer_epoch_and_rng(tmp_path):

@@ -5,6 +5,8 @@
   stops when the lr falls below 1e-6.
 - `nnunet_v2`: SGD with Nesterov momentum 0.99, lr 1e-2, poly decay (1 - epoch/max_epochs)^0.9, gradient
   norm clipped at 12.
+- `step` and `constant` kinds, for the papers of the other U-Nets: the lr multiplied by `step_gamma` every
+  `step_epochs` epochs, or left alone.
 """
 
 from __future__ import annotations
@@ -109,8 +111,34 @@ class PolySchedule:
         self.initial_lr = list(state["initial_lr"])
 
 
+class StepSchedule:
+    """lr = lr0 * gamma^((epoch - 1) // step_epochs), set at the start of each epoch (gamma 1: a constant lr)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, step_epochs: int = 1, gamma: float = 1.0) -> None:
+        if int(step_epochs) < 1:
+            raise ValueError(f"step_epochs must be >= 1, got {step_epochs}")
+        self.optimizer = optimizer
+        self.initial_lr = [g["lr"] for g in optimizer.param_groups]
+        self.step_epochs = int(step_epochs)
+        self.gamma = float(gamma)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.set_lr)
+
+    def set_lr(self, engine) -> None:
+        factor = self.gamma ** ((engine.state.epoch - 1) // self.step_epochs)
+        for group, lr0 in zip(self.optimizer.param_groups, self.initial_lr):
+            group["lr"] = lr0 * factor
+
+    def state_dict(self) -> dict:
+        return {"initial_lr": self.initial_lr}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.initial_lr = list(state["initial_lr"])
+
+
 def build_schedule(optimizer: torch.optim.Optimizer, settings: Mapping, max_epochs: int):
-    """The schedule handler that goes with a schedule's settings (`kind`: plateau or poly)."""
+    """The schedule handler that goes with a schedule's settings (`kind`: plateau, poly, step or constant)."""
     kind = str(settings.get("kind", "plateau")).lower()
     if kind == "plateau":
         return PlateauSchedule(optimizer, factor=settings.get("plateau_factor", 0.2), patience=settings.get("plateau_patience", 30),
@@ -118,4 +146,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, settings: Mapping, max_epoc
                                loss_ma_alpha=settings.get("loss_ma_alpha", 0.93))
     if kind == "poly":
         return PolySchedule(optimizer, max_epochs=max_epochs, power=settings.get("poly_power", 0.9), grad_clip=settings.get("grad_clip", 12.0))
-    raise ValueError(f"unknown schedule kind {kind!r}; expected 'plateau' or 'poly'")
+    if kind == "step":
+        return StepSchedule(optimizer, step_epochs=settings.get("step_epochs", 1), gamma=settings.get("step_gamma", 0.1))
+    if kind == "constant":
+        return StepSchedule(optimizer)
+    raise ValueError(f"unknown schedule kind {kind!r}; expected 'plateau', 'poly', 'step' or 'constant'")
