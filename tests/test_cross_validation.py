@@ -117,3 +117,18 @@ def test_cross_validation_refuses_a_fold_outside_the_split_before_training(cross
     proc = run("-m", "scripts.cross_validate", "--bundle_root", str(bundles["nnunet_3d_fullres"]), "--dataset_dir", str(data),
                "--folds", "5", check=False)
     assert proc.returncode == 2 and "folds [5] do not exist" in proc.stderr and "== fold" not in proc.stdout
+
+
+def test_running_a_bundle_s_inference_in_process_leaves_autograd_as_it_was(cross_validated, tmp_path):
+    import torch
+
+    from custom_components.inference.bundle_runner import run_bundle_inference
+
+    data, bundles = cross_validated
+    bundle = bundles["nnunet_3d_fullres"]
+    ids = json.loads((bundle / "cv" / "summary.json").read_text())["folds"]["0"]["cases"]
+    case = {"image": [str(data / "imagesTr" / f"{ids[0]}_0000.nii.gz")], "id": ids[0]}
+    assert torch.is_grad_enabled()
+    run_bundle_inference(bundle, [case], tmp_path, ckpt_dir=bundle / "models" / "fold_0",
+                         overrides={"dataset_dir": str(data), "use_mirroring": False})
+    assert torch.is_grad_enabled() and (tmp_path / f"{ids[0]}.nii.gz").is_file()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 
 def run_bundle_inference(bundle_root: str | Path, cases: Sequence[dict], output_dir: str | Path,
                          ckpt_dir: str | Path | None = None, save_probabilities: bool = True,
@@ -22,6 +24,10 @@ def run_bundle_inference(bundle_root: str | Path, cases: Sequence[dict], output_
     settings.update(dict(overrides or {}))
     workflow = ConfigWorkflow(config_file=str(root / "configs" / config), workflow_type="infer",
                               logging_file=False, **settings)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    grad_enabled = torch.is_grad_enabled()  # the inference config turns autograd off for the whole process
+    try:
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+    finally:
+        torch.set_grad_enabled(grad_enabled)
