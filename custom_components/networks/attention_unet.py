@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Dropout, Pool
 from torch import nn
 
-from custom_components.networks.layers import level_strides, norm_layer, per_axis
+from custom_components.networks.layers import level_strides, norm_layer, per_axis, require_divisible, total_stride
 
 __all__ = [
     "AttentionUNet",
@@ -279,9 +279,7 @@ class AttentionUNet(nn.Module):
             raise ValueError(f"features needs at least two positive entries (one level and the centre), got {features}")
         levels = len(features)
         self.strides: List[List[int]] = level_strides(strides, levels, spatial_dims)
-        self.divisor: List[int] = [1] * spatial_dims
-        for stride in self.strides:
-            self.divisor = [d * s for d, s in zip(self.divisor, stride)]
+        self.divisor: List[int] = total_stride(self.strides)
         self.spatial_dims = spatial_dims
         self.deep_supervision = bool(deep_supervision)
 
@@ -317,10 +315,7 @@ class AttentionUNet(nn.Module):
         """x (B, in_channels, *spatial) -> logits (B, out_channels, *spatial) and, per gated level from the deepest,
         its attention coefficients (B, 2, *level spatial) in [0, 1]."""
         spatial: List[int] = list(x.shape[2:])
-        for axis in range(self.spatial_dims):
-            if spatial[axis] % self.divisor[axis] != 0:
-                raise ValueError("input size " + str(spatial) + " is not divisible by the stride product "
-                                 + str(self.divisor))
+        require_divisible(x, self.divisor)
         skips: List[torch.Tensor] = []
         h = x
         for level in self.encoder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import List, Optional, Union
 
+import torch
 from monai.networks.layers.factories import Norm
 from torch import nn
 
@@ -58,3 +59,20 @@ def level_strides(
     if max(out[0]) != 1:
         raise ValueError(f"strides[0] is the input level and must be all ones, got {out[0]}")
     return out
+
+
+def total_stride(strides: Sequence[Sequence[int]]) -> List[int]:
+    """Per-axis product of per-level strides: the factor a network's input size must divide by."""
+    total = [1] * len(strides[0])
+    for stride in strides:
+        total = [t * int(s) for t, s in zip(total, stride)]
+    return total
+
+
+def require_divisible(x: torch.Tensor, divisor: List[int]) -> None:
+    """Refuse an input whose spatial size does not divide by `divisor` (scripted with the networks' forward)."""
+    spatial = x.shape[2:]
+    for axis in range(len(divisor)):
+        if spatial[axis] % divisor[axis] != 0:
+            raise ValueError("input spatial size " + str(list(spatial)) + " is not divisible by the stride product "
+                             + str(divisor) + " (it must divide on every axis)")

@@ -20,7 +20,7 @@ import torch
 from monai.networks.layers.factories import Conv, Dropout, Pool
 from torch import nn
 
-from custom_components.networks.layers import NORMS, level_strides, norm_layer
+from custom_components.networks.layers import NORMS, level_strides, norm_layer, require_divisible, total_stride
 
 def multires_branch_widths(features: int, alpha: float = 1.67) -> Tuple[int, int, int]:
     """Filters of the 3x3, "5x5" and "7x7" branches for U = `features`: W = alpha * U split about 1:2:3, truncated
@@ -246,9 +246,7 @@ class MultiResUNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.features: List[int] = [int(f) for f in features]
         self.strides: List[List[int]] = level_strides(strides, levels, spatial_dims)
-        self.divisor: List[int] = [1] * spatial_dims
-        for stride in self.strides:
-            self.divisor = [d * s for d, s in zip(self.divisor, stride)]
+        self.divisor: List[int] = total_stride(self.strides)
 
         encoder: List[nn.Module] = []
         channels = in_channels
@@ -274,10 +272,7 @@ class MultiResUNet(nn.Module):
         """(B, in_channels, *spatial) -> (B, out_channels, *spatial) logits."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError("input must be (B, C, *spatial) with " + str(self.spatial_dims) + " spatial axes")
-        for axis in range(self.spatial_dims):
-            if x.shape[axis + 2] % self.divisor[axis] != 0:
-                raise ValueError("spatial size " + str(list(x.shape[2:])) + " must divide by the stride product "
-                                 + str(self.divisor) + " on every axis")
+        require_divisible(x, self.divisor)
         skips: List[torch.Tensor] = []
         for level in self.encoder:
             x, skip = level(x)

@@ -28,7 +28,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from custom_components.networks.layers import level_strides, norm_layer, per_axis
+from custom_components.networks.layers import level_strides, norm_layer, per_axis, require_divisible, total_stride
 
 __all__ = [
     "PreActResidualBlock",
@@ -362,10 +362,7 @@ class NonLocalUNet(nn.Module):
         features = [int(f) for f in features]
         self.spatial_dims = spatial_dims
         self.strides: List[List[int]] = stride_lists  # read by `cascade.stride_product`
-        divisor = [1] * spatial_dims
-        for st in stride_lists:
-            divisor = [d * s for d, s in zip(divisor, st)]
-        self.divisor: List[int] = divisor
+        self.divisor: List[int] = total_stride(stride_lists)
 
         self.input_conv = Conv[Conv.CONV, spatial_dims](in_channels, features[0], kernel_size=3, padding=1, bias=False)
         self.encoder = nn.ModuleList(
@@ -394,12 +391,7 @@ class NonLocalUNet(nn.Module):
         spatial = x.shape[2:]
         if len(spatial) != self.spatial_dims:
             raise ValueError("input must be (B, C, *spatial) with spatial_dims spatial axes")
-        for axis in range(self.spatial_dims):
-            if spatial[axis] % self.divisor[axis] != 0:
-                raise ValueError(
-                    "input spatial size " + str(list(spatial)) + " is not divisible by the stride product "
-                    + str(self.divisor)
-                )
+        require_divisible(x, self.divisor)
         x = self.input_conv(x)
         skips: List[torch.Tensor] = []
         for block in self.encoder:

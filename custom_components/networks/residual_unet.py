@@ -24,7 +24,8 @@ import torch
 from monai.networks.layers.factories import Act, Conv, Dropout
 from torch import nn
 
-from custom_components.networks.layers import NORMS, level_strides, norm_layer, per_axis
+from custom_components.networks.layers import (NORMS, level_strides, norm_layer, per_axis, require_divisible,
+                                               total_stride)
 
 UPSAMPLE_MODES = ("nearest", "linear")
 
@@ -171,10 +172,7 @@ class ResidualUNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.strides: List[List[int]] = level_strides(strides, len(features), spatial_dims)
         self.spatial_dims = spatial_dims
-        divisor = [1] * spatial_dims
-        for stride in self.strides:
-            divisor = [d * s for d, s in zip(divisor, stride)]
-        self.divisor: List[int] = divisor
+        self.divisor: List[int] = total_stride(self.strides)
 
         f = [int(c) for c in features]
         self.encoder = nn.ModuleList(
@@ -193,12 +191,7 @@ class ResidualUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.spatial_dims + 2:
             raise ValueError("input must be (B, C, *spatial) with spatial_dims spatial axes")
-        for axis in range(self.spatial_dims):
-            if x.shape[axis + 2] % self.divisor[axis] != 0:
-                raise ValueError(
-                    "input spatial size " + str(list(x.shape[2:])) + " must divide by the strides' product "
-                    + str(self.divisor) + " on every axis"
-                )
+        require_divisible(x, self.divisor)
         skips: List[torch.Tensor] = []
         for unit in self.encoder:
             x = unit(x)
