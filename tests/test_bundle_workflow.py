@@ -38,6 +38,7 @@ def evaluate_one_test_case(bundle: Path, data: Path, out: Path) -> None:
     bundle_run("evaluate", bundle, "--dataset_dir", str(data), "--output_dir", str(out), "--use_mirroring", "False")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 1 and set(metrics["per_class"]) == {"organ", "lesion"}
+    assert metrics["seconds_per_case"] > 0  # the median time from loading a case to its written prediction
     image = next((data / "imagesTs").glob("*.nii.gz"))
     pred = nib.load(out / image.name.replace("_0000.nii.gz", ".nii.gz"))
     assert pred.shape == nib.load(image).shape

@@ -265,3 +265,12 @@ def test_paper_features_follow_the_plan_s_number_of_levels(levels, expected):
     from custom_components.networks.topology import level_features
 
     assert level_features([16, 32, 64, 128, 256], levels) == expected
+
+
+def test_feature_scale_multiplies_every_level_s_width_and_refuses_zero():
+    from custom_components.networks.topology import level_features
+
+    assert level_features([32, 64, 128, 256, 512], 4, scale=0.25) == [8, 16, 32, 64]
+    assert level_features([16, 32], 3, scale=1.5) == [24, 48, 96]
+    with pytest.raises(ValueError, match="feature scale"):
+        level_features([16, 32], 2, scale=0)

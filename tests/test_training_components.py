@@ -13,7 +13,7 @@ from monai.losses import DiceCELoss
 
 from custom_components.evaluation.report import score_case, summarise
 from custom_components.inference.mirroring import MirroredSlidingWindowInferer, mirror_combinations
-from custom_components.losses import DeepSupervisionDiceCELoss
+from custom_components.losses import DeepSupervisionDiceCELoss, SoftmaxMSELoss
 from custom_components.training.checkpoint import ResumableCheckpoint, rng_state, set_rng_state
 from custom_components.training.schedules import PlateauSchedule, PolySchedule, build_optimizer, build_schedule
 
@@ -46,6 +46,27 @@ def _engine_with_losses(losses, optimizer, schedule):
     engine = Engine(step)
     schedule.attach(engine)
     return engine
+
+
+def test_softmax_mse_loss_is_the_mean_squared_error_of_probabilities_against_one_hot():
+    logits = torch.tensor([[[[2.0, -1.0]], [[0.0, 3.0]]]])  # (B=1, C=2, 1, 2)
+    label = torch.tensor([[[[0, 1]]]])
+    p = torch.softmax(logits, dim=1)
+    expected = ((p[0, 0, 0, 0] - 1) ** 2 + p[0, 1, 0, 0] ** 2 + p[0, 0, 0, 1] ** 2 + (p[0, 1, 0, 1] - 1) ** 2) / 4
+    assert torch.isclose(SoftmaxMSELoss()(logits, label), expected)
+    confident = torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]]]])
+    assert SoftmaxMSELoss()(confident, label) < 1e-12
+
+
+def test_softmax_mse_loss_refuses_a_label_of_another_size():
+    with pytest.raises(ValueError, match="label"):
+        SoftmaxMSELoss()(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 3))
+
+
+def test_adam_uses_amsgrad_unless_a_recipe_turns_it_off():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    assert build_optimizer(p, {"optimizer": "adam", "lr": 1e-3}).defaults["amsgrad"] is True
+    assert build_optimizer(p, {"optimizer": "adam", "lr": 1e-3, "amsgrad": False}).defaults["amsgrad"] is False
 
 
 def test_plateau_schedule_cuts_lr_after_patience_and_stops_below_min_lr():

@@ -60,3 +60,35 @@ def test_bundle_checks_and_torchscript_export_pass(trained):
         "--config_file", str(bundle / "configs" / "inference.yaml"), "--device", "cpu", "--n", "2")
     proc = run("-m", "scripts.export", "--bundle_root", str(bundle))  # exits 1 when scripted and eager differ by > 1e-4
     assert "max |scripted - eager|" in proc.stdout and (bundle / "models" / "model.ts").is_file()
+
+
+PAPER_RECIPES = {  # optimiser, lr, loss class: each paper's training setup (bundle docs/README.md)
+    "attention_unet": (torch.optim.Adam, 1e-4, "DiceLoss"),
+    "multires_unet": (torch.optim.Adam, 1e-3, "DiceCELoss"),
+    "nonlocal_unet": (torch.optim.Adam, 1e-3, "DiceCELoss"),
+    "residual_unet": (torch.optim.SGD, 1e-3, "SoftmaxMSELoss"),
+}
+
+
+def _train_parts(bundle, *overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.yaml"))
+    parser.update({"bundle_root": str(bundle), **dict(overrides)})
+    return parser.get_parsed_content("optimizer"), parser.get_parsed_content("loss")
+
+
+def test_paper_recipe_is_the_default_and_nnunet_schedule_is_a_switch(trained):
+    name, _, bundle = trained
+    optimizer, loss = _train_parts(bundle)
+    kind, lr, loss_name = PAPER_RECIPES[name]
+    assert type(optimizer) is kind and optimizer.defaults["lr"] == pytest.approx(lr)
+    assert type(loss).__name__ == loss_name
+    if kind is torch.optim.Adam:
+        assert optimizer.defaults["amsgrad"] is False  # the papers use plain Adam; nnU-Net v1 uses AMSGrad
+    if name != "attention_unet":  # cross-entropy alone: the Dice term of MONAI's DiceCELoss is weighted 0
+        assert getattr(loss, "lambda_dice", 0.0) == 0.0
+    optimizer, loss = _train_parts(bundle, ("schedule", "nnunet_v1"))
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == pytest.approx(3e-4)
+    assert optimizer.defaults["amsgrad"] is True and type(loss).__name__ == "DeepSupervisionDiceCELoss"

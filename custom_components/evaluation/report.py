@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -99,7 +100,11 @@ def write_report(summary: dict, output_dir: str | os.PathLike, class_names: list
 
 class SegmentationReport:
     """Ignite handler for the evaluate workflow: scores every `pred` against its `label`, then writes
-    `metrics.json` (with `mean_dice` at the top level) and `metrics.csv` to `output_dir` and prints the means."""
+    `metrics.json` (with `mean_dice` at the top level) and `metrics.csv` to `output_dir` and prints the means.
+
+    It also times each case from loading to the written prediction (preprocessing, sliding window, mirroring,
+    inversion, writing; not the scoring), and reports the median as `seconds_per_case`: the first case carries
+    the warm-up, so the median is the steady rate."""
 
     def __init__(self, output_dir: str, labels: Mapping[str, int], pred_key: str = "pred", label_key: str = "label") -> None:
         self.output_dir = output_dir
@@ -107,16 +112,27 @@ class SegmentationReport:
         self.num_classes = max(labels.values()) + 1
         self.pred_key, self.label_key = pred_key, label_key
         self.cases: list[dict] = []
+        self.seconds: list[float] = []
+        self._t0 = 0.0
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.STARTED, lambda e: self.cases.clear())
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._start_case)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.score)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
+    def _reset(self, engine) -> None:
+        self.cases.clear()
+        self.seconds.clear()
+
+    def _start_case(self, engine) -> None:
+        self._t0 = time.perf_counter()
+
     def score(self, engine) -> None:
         items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        self.seconds.append((time.perf_counter() - self._t0) / max(len(items), 1))
         for item in items:
             pred, label = item[self.pred_key], item[self.label_key]
             if tuple(pred.shape[-3:]) != tuple(label.shape[-3:]):
@@ -128,6 +144,7 @@ class SegmentationReport:
 
     def write(self, engine) -> None:
         summary = summarise(self.cases, self.class_names)
+        summary["seconds_per_case"] = round(float(np.median(self.seconds)), 3) if self.seconds else None
         write_report(summary, self.output_dir, self.class_names)
         engine.state.metrics["mean_dice"] = summary["mean_dice"]
         per = ", ".join(f"{n} {v['dice']}" for n, v in summary["per_class"].items())

@@ -1,3 +1,4 @@
 """Training losses."""
 
 from custom_components.losses.deep_supervision import DeepSupervisionDiceCELoss
+from custom_components.losses.softmax_mse import SoftmaxMSELoss

@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from ignite.engine import Events
 
 from custom_components.io_utils import atomic_path, atomic_write_json
@@ -82,6 +83,8 @@ class TrainingProgress:
             "val_dice": self._val_dice(epoch),
             "seconds": round(time.perf_counter() - self._t0, 2),
         }
+        if torch.cuda.is_available():  # the comparison reports the peak device memory of training
+            entry["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         self.history.append(entry)
         if not is_main_process():
             return

@@ -20,10 +20,12 @@ from monai.handlers import from_engine
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], settings: Mapping) -> torch.optim.Optimizer:
-    """Adam or SGD as a schedule's settings say (`optimizer`, `lr`, `weight_decay`, `momentum`, `nesterov`)."""
+    """Adam or SGD as a schedule's settings say (`optimizer`, `lr`, `weight_decay`, `amsgrad` (Adam; nnU-Net v1
+    uses it, so it defaults on), `momentum`, `nesterov`)."""
     name = str(settings["optimizer"]).lower()
     if name == "adam":
-        return torch.optim.Adam(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0), amsgrad=True)
+        return torch.optim.Adam(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0),
+                                amsgrad=bool(settings.get("amsgrad", True)))
     if name == "sgd":
         return torch.optim.SGD(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0),
                                momentum=settings.get("momentum", 0.99), nesterov=bool(settings.get("nesterov", True)))
