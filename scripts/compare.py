@@ -50,7 +50,8 @@ def machine() -> str:
     import torch
 
     device = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU only"
-    return f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
+    cpu = " ".join(dict.fromkeys(p for p in (platform.machine(), platform.processor()) if p))
+    return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
 
 
 def run_measured(args: list[str], log: Path) -> tuple[float, float]:

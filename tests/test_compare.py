@@ -82,3 +82,13 @@ def test_compare_trains_and_scores_each_template_then_reuses_its_records(small_d
     again = run(*args)
     assert again.stdout.count("reusing") == 2 and "train (" not in again.stdout
     assert json.loads((out / "comparison.json").read_text())["templates"] == result["templates"]
+
+
+def test_network_benchmark_times_a_training_step_of_planned_bundles(small_data, tmp_path):
+    bundle = tmp_path / "residual_unet"
+    run("-m", "scripts.plan", "--dataset_dir", str(small_data), "--template", "bundles/residual_unet", "--output_dir", str(bundle))
+    proc = run("-m", "scripts.benchmark_networks", "--bundles", str(bundle), "--steps", "1",
+               "--overrides", "{feature_scale: 0.25}")
+    assert "residual_unet: ResidualUNet" in proc.stdout and "s per training step" in proc.stdout
+    missing = run("-m", "scripts.benchmark_networks", "--bundles", str(tmp_path / "nowhere"), check=False)
+    assert missing.returncode == 2 and "not a planned bundle" in missing.stderr

@@ -72,7 +72,7 @@ def plot_comparison(records: Sequence[Mapping], path: str | os.PathLike) -> None
     ax_dice.set_xticks(x, names, rotation=20, ha="right")
     ax_dice.set_ylim(0, 1)
     ax_dice.set_ylabel("test Dice")
-    ax_dice.legend(fontsize="small")
+    ax_dice.legend(fontsize="small", loc="lower right")
     ax_time.bar(x, [r["training_seconds"] / 60 for r in records], color="gray")
     ax_time.set_xticks(x, names, rotation=20, ha="right")
     ax_time.set_ylabel("training (min)")
