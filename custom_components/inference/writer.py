@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +20,7 @@ from custom_components.io_utils import atomic_path, atomic_save_nifti
 
 def case_id_from_path(path: str) -> str:
     """nnU-Net's naming: `case_0000.nii.gz` (channel suffix) and `case.nii.gz` both give `case`."""
-    name = os.path.basename(str(path))
+    name = os.path.basename(os.path.normpath(str(path)))  # a DICOM series folder is named by its folder
     name = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.dcm)$", "", name)
     return re.sub(r"_\d{4}$", "", name)
 
@@ -71,11 +72,18 @@ def save_probabilities(probs: torch.Tensor, path: str | os.PathLike) -> None:
 
 class PredictionWriter:
     """Ignite handler: after each iteration, save `pred` of every item as a NIfTI label map in `output_dir`
-    (and its probabilities as `<case>.npz` when the post-processing kept them)."""
+    (and its probabilities as `<case>.npz` when the post-processing kept them). With `dicom_seg`, a case read
+    from a DICOM series folder also gets `<case>.seg.dcm`, a DICOM SEG referencing that series, one segment per
+    class of `segments` ({label value: name})."""
 
-    def __init__(self, output_dir: str, key: str = "pred") -> None:
+    def __init__(self, output_dir: str, key: str = "pred", dicom_seg: bool = False, segments: Mapping | None = None,
+                 series_uid: str | None = None, algorithm: str = "monai-unet-family") -> None:
         self.output_dir = Path(output_dir)
         self.key = key
+        self.dicom_seg = bool(dicom_seg)
+        self.segments = {int(k): str(v) for k, v in (segments or {}).items()}
+        self.series_uid = series_uid
+        self.algorithm = algorithm
         self.written: list[str] = []
 
     def attach(self, engine) -> None:
@@ -92,3 +100,16 @@ class PredictionWriter:
             self.written.append(str(path))
             if PROBABILITIES_KEY in item:
                 save_probabilities(item[PROBABILITIES_KEY], self.output_dir / f"{case_id_from_path(source_path(item, self.key))}.npz")
+            if self.dicom_seg:
+                self._write_seg(pred, source_path(item, "image"), path.with_name(path.name.replace(".nii.gz", ".seg.dcm")))
+
+    def _write_seg(self, pred, source: str, path: Path) -> None:
+        from custom_components.data.dicom import select_series
+        from custom_components.inference.dicom_seg import write_dicom_seg
+
+        if not os.path.isdir(source):
+            print(f"{source}: not a DICOM series folder, so no DICOM SEG is written for it (NIfTI only)", flush=True)
+            return
+        arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        write_dicom_seg(arr, select_series(source, self.series_uid), self.segments, path, algorithm=self.algorithm)
+        self.written.append(str(path))
