@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Set up the environment and run the test suite (the README's second quickstart command; CI runs it).
-# Tests marked `slow` are skipped unless RUN_SLOW=1 (they exceed CI's time budget); extra arguments go to pytest.
+# Tests marked `slow` are skipped unless RUN_SLOW=1 (they exceed CI's time budget), and those marked `monailabel`
+# unless RUN_MONAILABEL=1 (they build MONAI Label's own environment); extra arguments go to pytest.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-MARK=(-m "not slow")
-[ "${RUN_SLOW:-0}" = "1" ] && MARK=()
+SKIP=()
+[ "${RUN_SLOW:-0}" = "1" ] || SKIP+=("not slow")
+[ "${RUN_MONAILABEL:-0}" = "1" ] || SKIP+=("not monailabel")
+MARK=()
+if [ ${#SKIP[@]} -gt 0 ]; then
+  expr="${SKIP[0]}"; for s in "${SKIP[@]:1}"; do expr="$expr and $s"; done
+  MARK=(-m "$expr")
+fi
 exec "$PY" -m pytest -q "${MARK[@]}" "$@"
