@@ -29,6 +29,7 @@ from custom_components.data.dataset import read_dataset
 from custom_components.data.errors import DatasetError
 from custom_components.evaluation.architecture_table import comparison_markdown, plot_comparison
 from custom_components.io_utils import atomic_write_json, atomic_write_text
+from custom_components.training.cross_validation import cli_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATES = "nnunet_3d_fullres,attention_unet,multires_unet,nonlocal_unet,residual_unet"
@@ -70,13 +71,6 @@ def run_measured(args: list[str], log: Path) -> tuple[float, float]:
         tail = "".join(open(log).readlines()[-15:])
         raise RuntimeError(f"{' '.join(args[2:5])} failed (exit {proc.returncode}); log: {log}\n{tail}")
     return seconds, usage.ru_maxrss / 1024  # Linux reports kilobytes
-
-
-def cli_overrides(overrides: Mapping) -> list[str]:
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return args
 
 
 def parameter_count(bundle: Path, overrides: Mapping) -> tuple[int, str]:

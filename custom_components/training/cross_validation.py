@@ -56,8 +56,12 @@ def is_cascade(bundle_root: str | os.PathLike) -> bool:
     return (Path(bundle_root) / "configs" / CASCADE_STAGE1.train_config).is_file()
 
 
-def _cli_value(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def cli_overrides(overrides: Mapping) -> list[str]:
+    """Config overrides as `monai.bundle run` arguments (`--key value`, non-strings as JSON)."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return args
 
 
 def train_fold(bundle_root: Path, dataset_dir: str, fold: int, overrides: Mapping, stage: Stage = BUNDLE) -> None:
@@ -66,8 +70,7 @@ def train_fold(bundle_root: Path, dataset_dir: str, fold: int, overrides: Mappin
             "--config_file", str(bundle_root / "configs" / stage.train_config), "--bundle_root", str(bundle_root),
             "--dataset_dir", str(dataset_dir), "--fold", str(fold),
             "--ckpt_dir", str(bundle_root / stage.models / f"fold_{fold}"), "--log_dir", str(bundle_root / stage.logs / f"fold_{fold}")]
-    for key, value in overrides.items():
-        args += [f"--{key}", _cli_value(value)]
+    args += cli_overrides(overrides)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     print(f"== fold {fold}: training ({stage.train_config})", flush=True)
