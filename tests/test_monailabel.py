@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import nibabel as nib
@@ -23,6 +24,7 @@ from tests.test_bundle_workflow import ROOT, run
 
 pytestmark = pytest.mark.monailabel
 # every bundle but the cascade, whose training needs stage 1's cross-validation first (scripts.cross_validate)
+EPISTEMIC = "attention_unet"  # the bundle scored for epistemic active learning (dropout switched on by MONAI Label)
 BUNDLES = ["nnunet_3d_fullres", "nnunet_2d", "attention_unet", "multires_unet", "nonlocal_unet", "residual_unet"]
 
 
@@ -84,12 +86,14 @@ def server(monailabel_python, trained_fullres, tmp_path_factory):
         case = image.name.replace("_0000.nii.gz", "")
         shutil.copy(image, studies / f"{case}.nii.gz")
         shutil.copy(data / "labelsTr" / f"{case}.nii.gz", studies / "labels" / "final" / f"{case}.nii.gz")
+    shutil.copy(next((data / "imagesTs").glob("*.nii.gz")), studies / "unlabelled.nii.gz")  # for active learning
     port = _free_port()
     log = open(work / "server.log", "w")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts" / "monailabel")}  # the repository is not on the path
     proc = subprocess.Popen([monailabel_python, "-m", "monailabel.main", "start_server", "--app", str(work / "app"),
                              "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", ",".join(BUNDLES),
-                             "--conf", "zoo_source", "local", "--conf", "sam2", "false"],
+                             "--conf", "zoo_source", "local", "--conf", "sam2", "false",
+                             "--conf", "epistemic_model", EPISTEMIC, "--conf", "epistemic_simulation_size", "3"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -143,3 +147,22 @@ def test_monailabel_training_rewrites_the_bundle_s_model(server, name):
         time.sleep(1)
     assert task["status"] == "DONE", "\n".join(task.get("details", [])[-200:])
     assert hashlib.sha256(model.read_bytes()).hexdigest() != before
+
+
+def test_epistemic_scoring_sets_dropout_and_scores_the_unlabelled_image(server):
+    """MONAI Label sets `network_def#dropout` and runs several dropout passes per unlabelled image; their
+    disagreement (entropy) is > 0 only if the dropout really acts."""
+    url, _, _ = server
+    try:
+        _http(f"{url}/scoring/{EPISTEMIC}", b"{}", {"Content-Type": "application/json"})
+    except urllib.error.HTTPError as e:  # 429: the server started a scoring run itself, at start-up; wait for it
+        assert e.code == 429, e
+    for _ in range(600):
+        task = json.loads(_http(f"{url}/scoring/")[1])
+        if task.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        time.sleep(1)
+    assert task["status"] == "DONE", "\n".join(task.get("details", [])[-30:])
+    store = json.loads(_http(f"{url}/datastore/?output=all")[1])
+    info = store["objects"]["unlabelled"]["image"]["info"]
+    assert np.isfinite(info["epistemic_entropy"]) and info["epistemic_entropy"] > 0
