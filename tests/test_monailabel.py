@@ -55,6 +55,16 @@ def _multipart(path) -> tuple[bytes, str]:
     return head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def _wait_until_done(status_url: str, seconds: int = 600) -> None:
+    """Poll a MONAI Label task's status until it has finished; it must have finished well."""
+    for _ in range(seconds):
+        task = json.loads(_http(status_url)[1])
+        if task.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        time.sleep(1)
+    assert task["status"] == "DONE", "\n".join(task.get("details", [])[-200:])
+
+
 @pytest.fixture(scope="module")
 def server(monailabel_python, trained_fullres, tmp_path_factory):
     """The packaged bundle inside MONAI Label's monaibundle sample app, two labelled studies, a running server."""
@@ -140,12 +150,7 @@ def test_monailabel_training_rewrites_the_bundle_s_model(server, name):
     before = hashlib.sha256(model.read_bytes()).hexdigest()
     status, _ = _http(f"{url}/train/{name}", json.dumps({"max_epochs": 1}).encode(), {"Content-Type": "application/json"})
     assert status == 200
-    for _ in range(600):
-        task = json.loads(_http(f"{url}/train/")[1])
-        if task.get("status") not in ("SUBMITTED", "RUNNING"):
-            break
-        time.sleep(1)
-    assert task["status"] == "DONE", "\n".join(task.get("details", [])[-200:])
+    _wait_until_done(f"{url}/train/")
     assert hashlib.sha256(model.read_bytes()).hexdigest() != before
 
 
@@ -157,12 +162,7 @@ def test_epistemic_scoring_sets_dropout_and_scores_the_unlabelled_image(server):
         _http(f"{url}/scoring/{EPISTEMIC}", b"{}", {"Content-Type": "application/json"})
     except urllib.error.HTTPError as e:  # 429: the server started a scoring run itself, at start-up; wait for it
         assert e.code == 429, e
-    for _ in range(600):
-        task = json.loads(_http(f"{url}/scoring/")[1])
-        if task.get("status") not in ("SUBMITTED", "RUNNING"):
-            break
-        time.sleep(1)
-    assert task["status"] == "DONE", "\n".join(task.get("details", [])[-30:])
+    _wait_until_done(f"{url}/scoring/")
     store = json.loads(_http(f"{url}/datastore/?output=all")[1])
     info = store["objects"]["unlabelled"]["image"]["info"]
     assert np.isfinite(info["epistemic_entropy"]) and info["epistemic_entropy"] > 0
