@@ -37,11 +37,6 @@ def series_to_nifti(series, path: Path) -> None:
     atomic_save_nifti(nib.Nifti1Image(np.asarray(array), np.asarray(meta["affine"], dtype=float)), path)
 
 
-def previous_names(out: Path) -> set[str]:
-    index = out / "conversion.json"
-    return set(json.loads(index.read_text())) if index.is_file() else set()
-
-
 def main(input_dir: str, output_dir: str, series_uid: str | None = None, channel: int = 0) -> None:
     """Check every series first, then write them all."""
     try:
@@ -52,6 +47,8 @@ def main(input_dir: str, output_dir: str, series_uid: str | None = None, channel
             found = {series_uid: found[series_uid]}
         checked = [check_series(Path(items[0][0]).parent, uid, items) for uid, items in found.items()]
         out = Path(output_dir)
+        index = out / "conversion.json"  # earlier conversions into the same folder stay listed
+        previous = json.loads(index.read_text()) if index.is_file() else {}
         names, plan = set(), []
         for s in checked:
             base = f"{_safe(s.patient_id)}_{_safe(s.series_number or '0')}"
@@ -61,7 +58,7 @@ def main(input_dir: str, output_dir: str, series_uid: str | None = None, channel
                 name = f"{base}-{k}"
             names.add(name)
             path = out / f"{name}_{channel:04d}.nii.gz"
-            if path.exists() or name in previous_names(out):
+            if path.exists() or name in previous:
                 raise DatasetError(f"{path} exists: refusing to overwrite it (choose another --output_dir)")
             plan.append((s, name, path))
         records = {}
@@ -70,8 +67,6 @@ def main(input_dir: str, output_dir: str, series_uid: str | None = None, channel
             records[name] = {"file": path.name, "series_uid": s.uid, "modality": s.modality, "description": s.description,
                              "slices": len(s.files), "source": str(Path(s.files[0]).parent)}
             print(f"{name}: {len(s.files)} slices of series {s.uid} ({s.modality} '{s.description}') -> {path}")
-        index = out / "conversion.json"  # earlier conversions into the same folder stay listed
-        previous = json.loads(index.read_text()) if index.is_file() else {}
         atomic_write_json(index, {**previous, **records})
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
