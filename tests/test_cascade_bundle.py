@@ -130,6 +130,29 @@ def test_stage_2_training_without_stage_1_results_names_the_missing_file(cascade
     assert str(copy / "models" / "stage1" / "fold_0" / "model.pt") in proc.stderr and "stage-1 model not found" in proc.stderr
 
 
+def test_a_case_without_its_stage_1_prediction_gets_stage_1_s_prediction_once(cascade, tmp_path):
+    """MONAI Label's training data list has images and labels only: stage 1 predicts those cases itself."""
+    import nibabel as nib
+
+    from custom_components.inference import PredictPreviousStaged
+
+    data, bundle = cascade
+    image = sorted((data / "imagesTr").glob("*.nii.gz"))[0]
+    predict = PredictPreviousStaged(bundle_root=bundle, cache_dir=tmp_path / "cache", overrides={"use_mirroring": False})
+    item = predict({"image": str(image), "label": "unused"})
+    made = tmp_path / "cache" / image.name.replace("_0000.nii.gz", ".nii.gz")
+    assert item["prev_seg"] == str(made) and item["label"] == "unused"
+    bundle_run("inference", bundle, "--datalist", json.dumps([{"image": str(image)}]), "--output_dir",
+               str(tmp_path / "stage1"), "--use_mirroring", "False", config="inference_stage1")
+    expected = nib.load(tmp_path / "stage1" / made.name)
+    np.testing.assert_array_equal(np.asarray(nib.load(made).dataobj), np.asarray(expected.dataobj))
+    np.testing.assert_allclose(nib.load(made).affine, nib.load(image).affine, atol=1e-5)
+    stamp = made.stat().st_mtime_ns
+    assert predict({"image": str(image)})["prev_seg"] == str(made) and made.stat().st_mtime_ns == stamp  # made once
+    cv = str(bundle / "stage1" / "cv" / made.name)
+    assert predict({"image": str(image), "prev_seg": cv})["prev_seg"] == cv  # cross-validation's stays
+
+
 def test_cascade_evaluate_runs_both_stages_and_predicts_in_the_input_geometry(cascade, tmp_path):
     data, bundle = cascade
     evaluate_one_test_case(bundle, data, tmp_path / "eval")
