@@ -35,6 +35,18 @@ def trained_fullres(tmp_path_factory):
     return data, bundle
 
 
+def environment_python(script: str, variable: str) -> str:
+    """Build (or reuse) one of the extra environments with its setup script; the path of its python."""
+    import subprocess
+
+    from tests.test_bundle_workflow import ROOT
+
+    proc = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/{script} && echo ${variable}"],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
 # every bundle template; the integration tests (MONAI Label, MONAI Deploy) run each one
 ALL_BUNDLES = ["nnunet_3d_fullres", "nnunet_2d", "nnunet_3d_cascade", "attention_unet", "multires_unet",
                "nonlocal_unet", "residual_unet"]

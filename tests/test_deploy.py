@@ -17,7 +17,7 @@ import pytest
 
 from custom_components.data.dicom import select_series
 from custom_components.data.dicom_writer import write_dicom_series
-from tests.conftest import ALL_BUNDLES
+from tests.conftest import ALL_BUNDLES, environment_python
 from tests.test_bundle_workflow import ROOT, bundle_run
 from tests.test_dicom_input import _read_seg
 
@@ -26,10 +26,7 @@ pytestmark = pytest.mark.deploy
 
 @pytest.fixture(scope="module")
 def deploy_python():
-    proc = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/setup_deploy_env.sh && echo $DEPLOY_PY"],
-                          capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+    return environment_python("setup_deploy_env.sh", "DEPLOY_PY")
 
 
 def deploy(python: str, model, source, out, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""Packaged bundles (all but the cascade) in a real MONAI Label 0.8.5 server (its own environment, scripts/setup_monailabel_env.sh),
+"""Every packaged bundle in a real MONAI Label 0.8.5 server (its own environment, scripts/setup_monailabel_env.sh),
 started on 127.0.0.1: inference returns a label in the input's geometry, and training through the server
 rewrites models/model.pt. Marked `monailabel`: building the environment takes about a minute with a warm pip
 cache, and each server start about 20 s."""
@@ -20,20 +20,17 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_bundle_workflow import ROOT, run
+from tests.conftest import ALL_BUNDLES, environment_python
+from tests.test_bundle_workflow import ROOT
 
 pytestmark = pytest.mark.monailabel
-# every bundle but the cascade, whose training needs stage 1's cross-validation first (scripts.cross_validate)
 EPISTEMIC = "attention_unet"  # the bundle scored for epistemic active learning (dropout switched on by MONAI Label)
-BUNDLES = ["nnunet_3d_fullres", "nnunet_2d", "attention_unet", "multires_unet", "nonlocal_unet", "residual_unet"]
+BUNDLES = ALL_BUNDLES
 
 
 @pytest.fixture(scope="module")
 def monailabel_python():
-    proc = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/setup_monailabel_env.sh && echo $MLPY"],
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+    return environment_python("setup_monailabel_env.sh", "MLPY")
 
 
 def _free_port() -> int:
@@ -66,25 +63,15 @@ def _wait_until_done(status_url: str, seconds: int = 600) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(monailabel_python, trained_fullres, tmp_path_factory):
-    """The packaged bundle inside MONAI Label's monaibundle sample app, two labelled studies, a running server."""
-    from tests.test_bundle_workflow import bundle_run
-
-    data, fullres = trained_fullres
+def server(monailabel_python, packaged_bundles, tmp_path_factory):
+    """Every packaged bundle inside MONAI Label's monaibundle sample app, two labelled studies, a running server."""
+    data, _ = packaged_bundles["nnunet_3d_fullres"]
     work = tmp_path_factory.mktemp("monailabel")
     prefix = subprocess.run([monailabel_python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True)
     apps = os.path.join(prefix.stdout.strip(), "monailabel", "sample-apps", "monaibundle")  # shipped in the wheel
     shutil.copytree(apps, work / "app")
     for name in BUNDLES:
-        bundle = fullres
-        if name != "nnunet_3d_fullres":  # plan and train the others briefly on the same data
-            bundle = work / "trained" / name
-            run("-m", "scripts.plan", "--dataset_dir", str(data), "--template", str(ROOT / "bundles" / name),
-                "--output_dir", str(bundle))
-            bundle_run("training", bundle, "--dataset_dir", str(data), "--train#trainer#max_epochs", "1",
-                       "--iterations_per_epoch", "1", "--fold", "all", "--num_workers", "0")
-        run("-m", "scripts.package", "--bundle_root", str(bundle), "--output_dir", str(work / "pkg"), "--name", name)
-        shutil.copytree(work / "pkg" / name, work / "app" / "model" / name)
+        shutil.copytree(packaged_bundles[name][1], work / "app" / "model" / name)  # a copy: training rewrites it
         train = work / "app" / "model" / name / "configs" / "train.yaml"
         config = yaml.safe_load(train.read_text())
         config["iterations_per_epoch"] = 2  # the test's short training: MONAI Label sets epochs, not iterations
