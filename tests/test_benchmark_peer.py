@@ -1,0 +1,88 @@
+"""The benchmark's bridges to nnU-Net v2: our dataset in nnU-Net's raw layout (linked, never copied or changed),
+and nnU-Net's plan as overrides of our bundle's plan, axis for axis."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from custom_components.benchmarking import plan_overrides, to_our_axes, write_nnunet_raw
+from custom_components.data import DatasetError
+from tests.test_dataset_layouts import make_msd_dataset, make_v2_dataset
+
+
+def _tree_digest(root) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_nnunet_raw_links_every_case_file_and_leaves_the_dataset_untouched(tmp_path):
+    data = make_v2_dataset(tmp_path / "data", ["a", "b", "c"], test_ids=["t"], channels=("T1", "T2"))
+    before = _tree_digest(data)
+    folder = write_nnunet_raw(data, tmp_path / "raw", dataset_id=7)
+    assert folder.name == "Dataset007_Tiny"
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [
+        f"{c}_{k:04d}.nii.gz" for c in "abc" for k in range(2)]
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == ["t_0000.nii.gz", "t_0001.nii.gz"]
+    link = folder / "imagesTr" / "b_0001.nii.gz"
+    assert link.is_symlink() and os.path.realpath(link) == str((data / "imagesTr" / "b_0001.nii.gz").resolve())
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta == {"name": "Tiny", "channel_names": {"0": "T1", "1": "T2"},
+                    "labels": {"background": 0, "organ": 1, "lesion": 2}, "numTraining": 3, "file_ending": ".nii.gz"}
+    assert write_nnunet_raw(data, tmp_path / "raw", dataset_id=7) == folder  # again: the same links, no error
+    assert _tree_digest(data) == before
+
+
+def test_nnunet_raw_refuses_a_4d_multichannel_case_and_a_foreign_file(tmp_path):
+    msd = make_msd_dataset(tmp_path / "msd", ["x", "y"])
+    with pytest.raises(DatasetError, match="one file per channel"):
+        write_nnunet_raw(msd, tmp_path / "raw1")
+    data = make_v2_dataset(tmp_path / "data", ["a", "b"])
+    stray = tmp_path / "raw2" / "Dataset990_Tiny" / "imagesTr" / "a_0000.nii.gz"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"someone else's")
+    with pytest.raises(DatasetError, match="exists and is not a link"):
+        write_nnunet_raw(data, tmp_path / "raw2")
+    assert stray.read_bytes() == b"someone else's"
+
+
+def _plans(tmp_path, transpose):
+    plans = {"transpose_forward": transpose, "configurations": {"3d_fullres": {
+        "spacing": [3.0, 0.8, 0.7], "patch_size": [16, 80, 96], "batch_size": 2,
+        "architecture": {"arch_kwargs": {"n_stages": 3, "features_per_stage": [32, 64, 128],
+                                         "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+                                         "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]]}}}}}
+    path = tmp_path / "nnUNetPlans.json"
+    path.write_text(json.dumps(plans))
+    return path
+
+
+def test_nnunet_plan_becomes_our_plan_in_our_axis_order(tmp_path):
+    over = plan_overrides(_plans(tmp_path, [0, 1, 2]))
+    # nnU-Net's (z, y, x) arrays are our (x, y, z) reversed
+    assert over["plan#spacing"] == [0.7, 0.8, 3.0]
+    assert over["plan#patch_size"] == [96, 80, 16]
+    assert over["plan#kernel_sizes"] == [[3, 3, 1], [3, 3, 3], [3, 3, 3]]
+    assert over["plan#strides"] == [[1, 1, 1], [2, 2, 1], [2, 2, 2]]
+    assert over["plan#batch_size"] == 2 and over["plan#features_per_stage"] == [32, 64, 128]
+    assert over["plan#deep_supervision_weights"] == pytest.approx([1.0])  # 3 stages: 2 outputs, the lowest weighs 0
+
+
+def test_nnunet_transpose_forward_is_undone_axis_by_axis(tmp_path):
+    # nnU-Net moved its coarse axis (SimpleITK axis 2, our x) to the front: plan axis j is sitk axis t[j]
+    assert to_our_axes(["a", "b", "c"], [2, 0, 1]) == ["a", "c", "b"]
+    over = plan_overrides(_plans(tmp_path, [2, 0, 1]))
+    assert over["plan#spacing"] == [3.0, 0.7, 0.8]
+
+
+def test_a_file_that_is_not_an_nnunet_plan_is_named(tmp_path):
+    bad = tmp_path / "plans.json"
+    bad.write_text("{}")
+    with pytest.raises(DatasetError, match="plans.json: not an nnU-Net v2 plans file"):
+        plan_overrides(bad)
