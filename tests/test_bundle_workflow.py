@@ -159,6 +159,8 @@ def test_training_writes_model_checkpoint_progress_and_curve(trained):
     assert (bundle / "models" / "checkpoint_latest.pt").is_file()
     history = json.loads((bundle / "logs" / "progress.json").read_text())
     assert [h["epoch"] for h in history] == [1] and history[0]["val_dice"] is not None
+    # 3 iterations: 2 start-to-start gaps, each inside the epoch's wall time
+    assert 0 < 2 * history[0]["iteration_seconds"] <= history[0]["seconds"]
     assert (bundle / "logs" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,14 +54,23 @@ class TrainingProgress:
         self.plot = plot
         self.history: list[dict] = []
         self._sum, self._n, self._t0 = 0.0, 0, 0.0
+        self._starts: list[float] = []
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_STARTED, lambda _: self._starts.append(time.perf_counter()))
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
 
     def _reset(self, engine) -> None:
         self._sum, self._n, self._t0 = 0.0, 0, time.perf_counter()
+        self._starts = []
+
+    def _iteration_seconds(self) -> float | None:
+        """The epoch's median time from one iteration's start to the next: the step plus loading and augmenting
+        the next batch (ignite fetches a batch before the iteration starts)."""
+        gaps = [b - a for a, b in zip(self._starts, self._starts[1:])]
+        return round(statistics.median(gaps), 4) if gaps else None
 
     def _accumulate(self, engine) -> None:
         self._sum += batch_loss(engine)
@@ -82,6 +92,7 @@ class TrainingProgress:
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "val_dice": self._val_dice(epoch),
             "seconds": round(time.perf_counter() - self._t0, 2),
+            "iteration_seconds": self._iteration_seconds(),
         }
         if torch.cuda.is_available():  # the comparison reports the peak device memory of training
             entry["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
