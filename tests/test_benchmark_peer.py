@@ -86,3 +86,37 @@ def test_a_file_that_is_not_an_nnunet_plan_is_named(tmp_path):
     bad.write_text("{}")
     with pytest.raises(DatasetError, match="plans.json: not an nnU-Net v2 plans file"):
         plan_overrides(bad)
+
+
+def test_benchmark_table_gives_each_ratio_its_target_and_the_miss():
+    from scripts.benchmark import TARGETS, figure, markdown
+
+    figures = {key: figure([2.0, 4.0], [4.0, 4.0]) for key in TARGETS}  # ours 3.0 vs 4.0: ratio 0.75
+    report = {"date": "2026-11-26", "machine": {"cpu": "CPU", "cpu_count": 2}, "threads": 2,
+              "versions": {"torch": "t", "monai": "m", "nnunetv2": "n"}, "dataset": "D", "training_cases": 4,
+              "repeats": 2, "training_budget": "b", "command": "c", "figures": figures,
+              "plan": {"plan#patch_size": [80, 80, 16], "plan#batch_size": 2, "plan#features_per_stage": [32, 64]}}
+    assert figures["preprocessing_seconds"]["ratio"] == 0.75
+    table = markdown(report)
+    assert "| preprocessing, whole dataset (s) | 3.0 | 4.0 | 0.75 | <= 0.5 | no (by 0.25) |" in table
+    assert "| peak resident memory of inference (MB) | 3.0 | 4.0 | 0.75 | <= 1.0 | yes |" in table
+
+
+@pytest.mark.slow
+def test_benchmark_runs_both_systems_on_the_same_plan_end_to_end(tmp_path):
+    """Builds nnU-Net's environment (about 1 min with a warm pip cache) and runs every figure with a tiny budget."""
+    from tests.test_bundle_workflow import run
+
+    data = tmp_path / "data"
+    run("-m", "scripts.make_demo_data", "--output_dir", str(data), "--n_train", "4", "--n_test", "1")
+    run("-m", "scripts.benchmark", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "b"), "--repeats", "1",
+        "--epochs", "2", "--iterations", "3")
+    report = json.loads((tmp_path / "b" / "benchmark.json").read_text())
+    for key, f in report["figures"].items():
+        assert f["ours"] > 0 and f["nnunet"] > 0 and f["ratio"] == pytest.approx(f["ours"] / f["nnunet"], rel=0.01), key
+    assert report["versions"]["nnunetv2"] == "2.8.1"
+    plans = json.loads(next((tmp_path / "b" / "nnunet" / "preprocessed").rglob("nnUNetPlans.json")).read_text())
+    ours = json.loads((tmp_path / "b" / "ours" / "nnunet_3d_fullres" / "configs" / "plans.json").read_text())
+    assert report["plan"]["plan#patch_size"] == plans["configurations"]["3d_fullres"]["patch_size"][::-1]
+    assert ours["configurations"]["3d_fullres"]["patch_size"]  # our own plan exists too; the runs override it
+    assert (tmp_path / "b" / "benchmark.md").read_text().count("| ") > 10

@@ -2,3 +2,4 @@
 
 from custom_components.benchmarking.nnunet_raw import write_nnunet_raw
 from custom_components.benchmarking.nnunet_plans import plan_overrides, to_our_axes
+from custom_components.benchmarking.timing import preprocess_training_cases, time_sliding_window
