@@ -188,6 +188,34 @@ def test_without_mirror_axes_the_inferer_is_a_plain_sliding_window():
         torch.testing.assert_close(got, net(x), atol=1e-5, rtol=1e-5)
 
 
+def test_tile_mirroring_equals_volume_mirroring_where_one_tile_covers_the_volume():
+    """nnU-Net mirrors each tile, the reference path the whole volume: the same where the window grid is one tile;
+    a larger volume's tiles sit elsewhere in the mirrored copies, so there the two only approximate each other."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    x = torch.randn(1, 1, 8, 8, 4)
+    with torch.no_grad():
+        reference = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[0, 1, 2])(x, net)
+        tiled = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[0, 1, 2], tile_mirroring=True,
+                                             channels_last=True)(x, net)
+    torch.testing.assert_close(tiled, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_inference_keeps_probabilities_within_0_02_of_float32():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.LeakyReLU(0.01),
+                              torch.nn.Conv3d(8, 3, 3, padding=1)).eval()
+    x = torch.randn(1, 1, 12, 12, 6)
+    with torch.no_grad():
+        reference = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[0, 1])(x, net)
+        fast = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[0, 1], precision="bfloat16")(x, net)
+    assert fast.dtype == torch.float32
+    gap = (torch.softmax(fast, 1) - torch.softmax(reference, 1)).abs().max()
+    assert 0 < gap < 0.02  # bfloat16 keeps 8 bits of mantissa: close, not equal
+    with pytest.raises(ValueError, match="precision must be one of"):
+        MirroredSlidingWindowInferer(roi_size=[8, 8, 4], precision="float16")
+
+
 def test_score_case_dice_and_hd95_on_hand_made_masks():
     label = torch.zeros(1, 10, 10, 10, dtype=torch.long)
     label[0, 2:6, 2:6, 2:6] = 1  # 64 voxels
