@@ -10,7 +10,15 @@ from collections.abc import Sequence
 import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "auto": None}
+
+
+def native_bfloat16(device_type: str) -> bool:
+    """Whether the device computes bfloat16 natively (a GPU that supports it; a CPU with AVX-512 BF16 or AMX):
+    elsewhere bfloat16 is emulated and slower than float32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def mirror_axes(image_dims: int, enabled=True, slice_axis: int | None = None) -> list[int]:
@@ -57,7 +65,8 @@ class MirroredSlidingWindowInferer(Inferer):
 
     The reference path flips the whole volume and runs one sliding window per mirrored copy, in float32. Three
     settings trade that for speed: `tile_mirroring` mirrors each tile instead (nnU-Net's way) and runs a tile's
-    copies as one batch (3D networks; a 2D network keeps volume mirroring); `precision="bfloat16"` runs the network under autocast (logits come back float32);
+    copies as one batch (3D networks; a 2D network keeps volume mirroring); `precision="bfloat16"` runs the network under autocast (logits come back float32; "auto" does so only where
+    the device computes bfloat16 natively);
     `channels_last` hands 3D networks channels-last tiles.
     """
 
@@ -103,13 +112,18 @@ class MirroredSlidingWindowInferer(Inferer):
             probs = p if probs is None else probs + p
         return torch.log((probs / len(members)).clamp_min(1e-12))
 
+    def _precision(self, inputs: torch.Tensor) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "bfloat16" if native_bfloat16(inputs.device.type) else "float32"
+
     def _autocast(self, inputs: torch.Tensor):
-        dtype = PRECISIONS[self.precision]
+        dtype = PRECISIONS[self._precision(inputs)]
         return contextlib.nullcontext() if dtype is None else torch.autocast(inputs.device.type, dtype=dtype)
 
     def _mirrored(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         predictor = network
-        if self.tile_mirroring or self.precision != "float32" or self.channels_last:
+        if self.tile_mirroring or self._precision(inputs) != "float32" or self.channels_last:
             predictor = _TileMirrors(network, self.mirror_axes if self.tile_mirroring else [], self.channels_last)
         with self._autocast(inputs):
             logits = self.window(inputs, predictor, *args, **kwargs)
