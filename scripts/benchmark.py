@@ -96,6 +96,7 @@ class Bench:
         self.logs = self.out / "logs"
         self.image = self.info.test[0]["image"][0]
         self.overrides: dict = {}
+        self.inference_settings: dict = {}
 
     def nnunet_bin(self, name: str) -> str:
         return str(Path(self.nnunet_py).parent / name)
@@ -131,6 +132,7 @@ class Bench:
                     "--threads", str(self.threads)]
         _, rss = run_measured(args, log)
         result = json.loads(log.read_text().strip().splitlines()[-1])
+        self.inference_settings[system] = result["settings"]
         return result["median_seconds"], rss
 
     # -- training
@@ -183,6 +185,10 @@ def markdown(report: Mapping) -> str:
         target = TARGETS[key]
         met = "yes" if f["ratio"] <= target else f"no (by {f['ratio'] - target:.2f})"
         lines.append(f"| {LABELS[key]} | {f['ours']} | {f['nnunet']} | {f['ratio']} | <= {target} | {met} |")
+    settings = report.get("inference_settings", {})
+    if settings:
+        lines += ["", "Inference as each system runs by default: " + "; ".join(
+            f"{name}: {', '.join(f'{k} {v}' for k, v in s.items())}" for name, s in settings.items())]
     lines += ["", f"Plan (nnU-Net's, used by both): patch {report['plan']['plan#patch_size']} (x, y, z), batch "
               f"{report['plan']['plan#batch_size']}, widths {report['plan']['plan#features_per_stage']}."]
     return "\n".join(lines) + "\n"
@@ -214,7 +220,7 @@ def run(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | N
         "repeats": repeats, "training_budget": f"{epochs} epochs x {iterations} iterations, median after epoch 1",
         "command": " ".join(["python -m scripts.benchmark", f"--dataset_dir {dataset_dir}", f"--output_dir {output_dir}"]
                             + (["--quick"] if quick else [])),
-        "plan": bench.overrides, "targets": TARGETS,
+        "plan": bench.overrides, "targets": TARGETS, "inference_settings": bench.inference_settings,
         "figures": {k: figure(v["ours"], v["nnunet"]) for k, v in runs.items()},
     }
     atomic_write_json(bench.out / "benchmark.json", report)

@@ -115,3 +115,15 @@ def test_deploy_app_names_an_unreadable_image(deploy_python, packaged_bundles, t
     assert proc.returncode != 0
     assert str(bad) in proc.stdout + proc.stderr
     assert not (tmp_path / "out" / "broken.nii.gz").exists()
+
+
+def test_deploy_dicom_app_refuses_a_folder_with_two_series_naming_both(deploy_python, packaged_bundles, tmp_path):
+    data, package = packaged_bundles["nnunet_3d_fullres"]
+    image = np.asarray(nib.load(next((data / "imagesTs").glob("*.nii.gz"))).dataobj)
+    folder = tmp_path / "study"
+    write_dicom_series(image, folder, series_uid="1.2.826.0.1.3680043.8.498.1", prefix="a")
+    write_dicom_series(image, folder, series_uid="1.2.826.0.1.3680043.8.498.2", prefix="b", series_number=2)
+    proc = deploy(deploy_python, package / "models" / "model.ts", folder, tmp_path / "out", check=False)
+    assert proc.returncode == 2
+    assert "1.2.826.0.1.3680043.8.498.1" in proc.stderr and "1.2.826.0.1.3680043.8.498.2" in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

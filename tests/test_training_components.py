@@ -198,7 +198,12 @@ def test_tile_mirroring_equals_volume_mirroring_where_one_tile_covers_the_volume
         reference = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[0, 1, 2])(x, net)
         tiled = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[0, 1, 2], tile_mirroring=True,
                                              channels_last=True)(x, net)
+        one_at_a_time = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], mirror_axes=[0, 1, 2], tile_mirroring="true",
+                                                     mirror_batch=1)(x, net)
     torch.testing.assert_close(tiled, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_at_a_time, reference, atol=1e-5, rtol=1e-5)
+    off = MirroredSlidingWindowInferer(roi_size=[8, 8, 4], tile_mirroring="false", channels_last="False")
+    assert not off.tile_mirroring and not off.channels_last  # command-line strings are read as flags
 
 
 def test_bfloat16_inference_keeps_probabilities_within_0_02_of_float32():

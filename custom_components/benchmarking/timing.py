@@ -55,4 +55,7 @@ def time_sliding_window(bundle_root: str | Path, image: str, overrides: Mapping,
             times.append(time.perf_counter() - start)
     return {"system": "ours", "mirroring": bool(mirroring), "seconds": times, "median_seconds": statistics.median(times),
             "preprocessing_seconds": preprocessing, "input_shape": list(x.shape[1:]),
-            "output_shape": list(logits.shape[1:]), "threads": torch.get_num_threads()}
+            "output_shape": list(logits.shape[1:]), "threads": torch.get_num_threads(),
+            "settings": {"tile_mirroring": getattr(inferer, "tile_mirroring", None),
+                         "precision": inferer._precision(x) if hasattr(inferer, "_precision") else "float32",
+                         "mirror_batch": getattr(inferer, "mirror_batch", None)}}

@@ -13,20 +13,25 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "auto": None}
 
 
-def native_bfloat16(device_type: str) -> bool:
-    """Whether the device computes bfloat16 natively (a GPU that supports it; a CPU with AVX-512 BF16 or AMX):
-    elsewhere bfloat16 is emulated and slower than float32."""
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return device_type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (a GPU of compute capability 8 or more; a CPU with AVX-512
+    BF16 or AMX): elsewhere bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu" and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def as_flag(value) -> bool:
+    """A setting that may come from the command line as a string ('false', '0', 'off')."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0", "no", "off", "none", "")
+    return bool(value)
 
 
 def mirror_axes(image_dims: int, enabled=True, slice_axis: int | None = None) -> list[int]:
     """The volume axes to mirror at test time (a 2D model's slice axis excluded); `enabled` may come from the
     command line as a string ('false', '0')."""
-    if isinstance(enabled, str):
-        enabled = enabled.strip().lower() not in ("false", "0", "no", "off", "none", "")
-    return [a for a in range(int(image_dims)) if slice_axis is None or a != int(slice_axis)] if enabled else []
+    return [a for a in range(int(image_dims)) if slice_axis is None or a != int(slice_axis)] if as_flag(enabled) else []
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -35,25 +40,27 @@ def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 class _TileMirrors:
-    """A network called on one batch holding each window tile and its mirrored copies (nnU-Net mirrors per tile);
-    the copies are flipped back and averaged, so the sliding window sees one averaged tile."""
+    """A network called on each window tile and its mirrored copies (nnU-Net mirrors per tile), `per_pass` copies
+    in one batch; the copies are flipped back and averaged, so the sliding window sees one averaged tile."""
 
-    def __init__(self, network, axes: Sequence[int], channels_last: bool) -> None:
+    def __init__(self, network, axes: Sequence[int], channels_last: bool, per_pass: int) -> None:
         self.network = network
         self.flips = [[]] + [[a + 2 for a in combo] for combo in mirror_combinations(axes)]
         self.channels_last = channels_last
+        self.per_pass = max(int(per_pass), 1)
 
     def __call__(self, tiles: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        n = tiles.shape[0]
-        batch = torch.cat([torch.flip(tiles, f) if f else tiles for f in self.flips])
-        if self.channels_last and batch.dim() == 5:
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
-        out = self.network(batch, *args, **kwargs).float()
-        total = None
-        for k, f in enumerate(self.flips):
-            part = out[k * n:(k + 1) * n]
-            part = torch.flip(part, f) if f else part
-            total = part if total is None else total + part
+        n, total = tiles.shape[0], None
+        for start in range(0, len(self.flips), self.per_pass):
+            flips = self.flips[start:start + self.per_pass]
+            batch = torch.cat([torch.flip(tiles, f) if f else tiles for f in flips])
+            if self.channels_last and batch.dim() == 5:
+                batch = batch.contiguous(memory_format=torch.channels_last_3d)
+            out = self.network(batch, *args, **kwargs).float()
+            for k, f in enumerate(flips):
+                part = out[k * n:(k + 1) * n]
+                part = torch.flip(part, f) if f else part
+                total = part if total is None else total + part
         return total / len(self.flips)
 
 
@@ -65,7 +72,8 @@ class MirroredSlidingWindowInferer(Inferer):
 
     The reference path flips the whole volume and runs one sliding window per mirrored copy, in float32. Three
     settings trade that for speed: `tile_mirroring` mirrors each tile instead (nnU-Net's way) and runs a tile's
-    copies as one batch (3D networks; a 2D network keeps volume mirroring); `precision="bfloat16"` runs the network under autocast (logits come back float32; "auto" does so only where
+    copies `mirror_batch` at a time in one batch (3D networks; a 2D network keeps volume mirroring; 8 copies in
+    one batch take 8 times the activation memory of one); `precision="bfloat16"` runs the network under autocast (logits come back float32; "auto" does so only where
     the device computes bfloat16 natively);
     `channels_last` hands 3D networks channels-last tiles.
     """
@@ -85,6 +93,7 @@ class MirroredSlidingWindowInferer(Inferer):
         tile_mirroring: bool = False,
         precision: str = "float32",
         channels_last: bool = False,
+        mirror_batch: int = 8,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -97,9 +106,10 @@ class MirroredSlidingWindowInferer(Inferer):
         # a 2D network on 3D volumes: MONAI's SliceInferer runs the 2D window slice by slice along `slice_axis`
         self.window = SlidingWindowInferer(**window_args) if slice_axis is None else SliceInferer(spatial_dim=int(slice_axis), **window_args)
         self.mirror_axes = [int(a) for a in mirror_axes]
-        self.tile_mirroring = bool(tile_mirroring) and slice_axis is None  # a 2D network's tiles are slices
+        self.tile_mirroring = as_flag(tile_mirroring) and slice_axis is None  # a 2D network's tiles are slices
         self.precision = precision
-        self.channels_last = bool(channels_last)
+        self.channels_last = as_flag(channels_last)
+        self.mirror_batch = int(mirror_batch)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         """Logits of one network; for a `FoldEnsemble`, one pass per member and the log of their mean softmax."""
@@ -115,7 +125,7 @@ class MirroredSlidingWindowInferer(Inferer):
     def _precision(self, inputs: torch.Tensor) -> str:
         if self.precision != "auto":
             return self.precision
-        return "bfloat16" if native_bfloat16(inputs.device.type) else "float32"
+        return "bfloat16" if native_bfloat16(inputs.device) else "float32"
 
     def _autocast(self, inputs: torch.Tensor):
         dtype = PRECISIONS[self._precision(inputs)]
@@ -124,7 +134,8 @@ class MirroredSlidingWindowInferer(Inferer):
     def _mirrored(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         predictor = network
         if self.tile_mirroring or self._precision(inputs) != "float32" or self.channels_last:
-            predictor = _TileMirrors(network, self.mirror_axes if self.tile_mirroring else [], self.channels_last)
+            predictor = _TileMirrors(network, self.mirror_axes if self.tile_mirroring else [], self.channels_last,
+                                     self.mirror_batch)
         with self._autocast(inputs):
             logits = self.window(inputs, predictor, *args, **kwargs)
         return logits if self.tile_mirroring else self._volume_mirrors(logits, inputs, predictor, *args, **kwargs)

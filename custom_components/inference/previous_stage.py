@@ -3,13 +3,16 @@
 Cross-validation gives stage 2 each case's out-of-fold stage-1 prediction. MONAI Label's training replaces the
 dataset with the studies it has labels for, images and labels only: for those, stage 1 (the bundle's own
 `inference_stage1.yaml`: its folds, preprocessing and inversion) predicts the case once, the label map is kept
-in `cache_dir`, and the case goes on as if cross-validation had written it. A newly labelled study was not in
+in `cache_dir` (under a folder named from stage 1's weights), and the case goes on as if cross-validation had written it. A newly labelled study was not in
 stage 1's training set, so its prediction is as unseen as an out-of-fold one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import threading
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -35,6 +38,7 @@ class PredictPreviousStaged(MapTransform):
         self.image_key = image_key
         self.overrides = dict(overrides or {})  # e.g. the training's use_mirroring
         self._pipeline = None
+        self._lock = threading.Lock()  # CacheDataset fills its cache from several threads
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
@@ -47,16 +51,25 @@ class PredictPreviousStaged(MapTransform):
         """The stage-1 label map of `image` (a file or series folder), in its geometry; made once per case."""
         if not isinstance(image, (str, os.PathLike)):
             raise DatasetError(f"stage 1 predicts a case from its image file, got {type(image).__name__}")
-        out = self.cache_dir / f"{case_id_from_path(str(image))}.nii.gz"
+        out = self.cache_dir / self._version() / f"{case_id_from_path(str(image))}.nii.gz"
         if out.is_file():
             return out
-        preprocessing, network, inferer, postprocessing, device = self._stage1()
+        with self._lock:
+            preprocessing, network, inferer, postprocessing, device = self._stage1()
         item = preprocessing({"image": str(image)})
         with torch.no_grad():
             item["pred"] = inferer(item["image"][None].to(device), network)[0].cpu()
         item = postprocessing(item)
         save_label_map(item["pred"], item["pred"].affine, out)
         return out
+
+    def _version(self) -> str:
+        """A folder name that changes with stage 1's weights and the overrides, so a retrained stage 1 never
+        reuses predictions of the one before."""
+        models = sorted((self.bundle_root / "models" / "stage1").rglob("model.pt"))
+        stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in models]
+        text = json.dumps([stamp, sorted((k, str(v)) for k, v in self.overrides.items())])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def _stage1(self):
         """Stage 1's preprocessing, fold ensemble, inferer and postprocessing, parsed on first use."""

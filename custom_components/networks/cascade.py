@@ -217,10 +217,16 @@ class CascadeInferer(Inferer):
         sw_device: str | torch.device | None = None,
         device: str | torch.device | None = None,
         progress: bool = False,
+        tile_mirroring: bool = False,
+        precision: str = "float32",
+        channels_last: bool = False,
+        mirror_batch: int = 8,
     ) -> None:
         super().__init__()
         window = dict(sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, sigma_scale=sigma_scale,
-                      mirror_axes=mirror_axes, sw_device=sw_device, device=device, progress=progress)
+                      mirror_axes=mirror_axes, sw_device=sw_device, device=device, progress=progress,
+                      tile_mirroring=tile_mirroring, precision=precision, channels_last=channels_last,
+                      mirror_batch=mirror_batch)
         self.stage1_window = MirroredSlidingWindowInferer(roi_size=lowres_roi_size, **window)
         self.stage2_window = MirroredSlidingWindowInferer(roi_size=roi_size, **window)
         self.lowres_factor = None if lowres_factor is None else [float(f) for f in lowres_factor]

@@ -8,8 +8,8 @@ transforms and inferer named in the inference config embedded in `model.ts` run 
 - a NIfTI file (or a folder holding exactly one): the label map as `OUTPUT_DIR/<case>.nii.gz`, in the input's
   geometry;
 - a folder of DICOM files: a DICOM SEG of the series (one segment per class, named from `metadata.json`) in
-  `OUTPUT_DIR`. Set `SERIES_SELECTION_RULES` to the SDK's series selection rules (JSON) where the folder holds
-  more than one series; without it the first series is used.
+  `OUTPUT_DIR`. The folder must hold one whole, evenly spaced series (checked as the bundle's own DICOM reader
+  does), unless `SERIES_SELECTION_RULES` holds the SDK's series selection rules (JSON), which then choose.
 """
 
 from __future__ import annotations
@@ -53,8 +53,21 @@ def nifti_input(path: Path) -> Path | None:
         raise DeployInputError(f"{path}: the input does not exist")
     images = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
     if len(images) > 1:
-        raise DeployInputError(f"{path}: holds {len(images)} NIfTI images; the app segments one per run")
+        raise DeployInputError(f"{path}: holds {len(images)} NIfTI images; the app segments one image per run, and "
+                               "multichannel input must be one 4D file")
     return images[0] if images else None
+
+
+def check_single_series(folder: Path) -> None:
+    """Without selection rules the SDK would take whichever series it scans first: refuse a folder holding several
+    (each named) and a series that is incomplete or unevenly spaced, as the bundle's own DICOM reader does."""
+    from custom_components.data.dicom import select_series
+    from custom_components.data.errors import DatasetError
+
+    try:
+        select_series(folder)
+    except DatasetError as e:
+        raise DeployInputError(f"{e} (or set SERIES_SELECTION_RULES to the SDK's series selection rules)") from e
 
 
 def segment_descriptions(bundle_root: Path):
@@ -98,6 +111,8 @@ class UNetFamilyApp(Application):
             output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)], app_context=context, bundle_path=model,
             name="bundle_inference")
         image = nifti_input(source)
+        if image is None and not os.environ.get("SERIES_SELECTION_RULES"):
+            check_single_series(source)
         if image is not None:
             self._nifti_route(image, output_dir, bundle)
         else:

@@ -46,9 +46,9 @@ class NiftiLabelWriter(Operator):
         label = np.swapaxes(seg.asnumpy(), 0, -1)  # D, H, W -> the bundle's W, H, D
         meta = image.metadata()
         source = str(meta.get("filename_or_obj", "case"))
-        if label.shape != tuple(image.asnumpy().shape[-3:]):
-            raise ValueError(f"{source}: the label map's shape {label.shape} is not the image's "
-                             f"{tuple(image.asnumpy().shape[-3:])}; the bundle's postprocessing must invert its "
-                             "preprocessing (Invertd)")
+        spatial = tuple(image.asnumpy().shape[:3])  # LoadImage's layout: W, H, D (then channels, if any)
+        if label.shape != spatial:
+            raise ValueError(f"{source}: the label map's shape {label.shape} is not the image's {spatial}; the "
+                             "bundle's postprocessing must invert its preprocessing (Invertd)")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_label_map(label, np.asarray(meta["affine"]), self.output_dir / f"{case_id_from_path(source)}.nii.gz")

@@ -58,7 +58,9 @@ def main() -> None:
     print(json.dumps({"system": "nnunetv2", "mirroring": bool(args.mirroring), "seconds": times,
                       "median_seconds": statistics.median(times), "preprocessing_seconds": preprocessing,
                       "input_shape": list(data.shape), "output_shape": list(logits.shape),
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(),
+                      # nnU-Net mirrors each tile, one copy after another, in float32 on the CPU
+                      "settings": {"tile_mirroring": True, "precision": "float32", "mirror_batch": 1}}))
 
 
 if __name__ == "__main__":
