@@ -10,7 +10,9 @@ two systems, in turn order reversed every repeat, so that drift of a shared mach
 
 Figures so far: preprocessing wall time (fingerprint, plan and preprocessing of every training case),
 training seconds per iteration (data loading and augmentation included, after the first epoch), sliding-window
-inference per case with and without mirroring, and the peak resident memory of that inference process.
+inference per case with and without mirroring, the peak resident memory of that inference process, and the
+convolution throughput of mirrored inference against a plain Conv3d's peak. Not yet: test Dice at an equal
+training budget, and the scaling with volume size.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class Bench:
         self.image = self.info.test[0]["image"][0]
         self.overrides: dict = {}
         self.inference_settings: dict = {}
+        self.gflops: dict[str, list[float]] = {"ours": [], "nnunet": []}
 
     def nnunet_bin(self, name: str) -> str:
         return str(Path(self.nnunet_py).parent / name)
@@ -133,6 +136,8 @@ class Bench:
         _, rss = run_measured(args, log)
         result = json.loads(log.read_text().strip().splitlines()[-1])
         self.inference_settings[system] = result["settings"]
+        if mirroring:
+            self.gflops[system].append(result["gflops"])
         return result["median_seconds"], rss
 
     # -- training
@@ -167,6 +172,21 @@ class Bench:
         return statistics.median(h["iteration_seconds"] for h in history[1:])
 
 
+def throughput(bench: Bench, threads: int) -> dict:
+    """Convolution GFLOP/s reached by each system's mirrored inference, and as a fraction of the peak that one
+    large Conv3d reaches here in the precision that system computes in."""
+    from custom_components.benchmarking.throughput import conv_peak_gflops
+
+    out = {}
+    for system, values in bench.gflops.items():
+        precision = bench.inference_settings.get(system, {}).get("precision", "float32")
+        peak = conv_peak_gflops(threads, precision)
+        achieved = statistics.median(values)
+        out[system] = {"gflops": round(achieved, 1), "precision": precision, "peak_gflops": round(peak, 1),
+                       "fraction_of_peak": round(achieved / peak, 3)}
+    return out
+
+
 def figure(ours: list[float], nnunet: list[float]) -> dict:
     o, n = statistics.median(ours), statistics.median(nnunet)
     return {"ours": round(o, 3), "nnunet": round(n, 3), "ratio": round(o / n, 3), "ours_runs": ours, "nnunet_runs": nnunet}
@@ -185,6 +205,9 @@ def markdown(report: Mapping) -> str:
         target = TARGETS[key]
         met = "yes" if f["ratio"] <= target else f"no (by {f['ratio'] - target:.2f})"
         lines.append(f"| {LABELS[key]} | {f['ours']} | {f['nnunet']} | {f['ratio']} | <= {target} | {met} |")
+    for name, t in report.get("throughput", {}).items():
+        lines.append(f"\nThroughput of mirrored inference, {name}: {t['gflops']} GFLOP/s in {t['precision']}, "
+                     f"{t['fraction_of_peak']:.0%} of the {t['peak_gflops']} GFLOP/s one large Conv3d reaches here.")
     settings = report.get("inference_settings", {})
     if settings:
         lines += ["", "Inference as each system runs by default: " + "; ".join(
@@ -221,6 +244,7 @@ def run(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | N
         "command": " ".join(["python -m scripts.benchmark", f"--dataset_dir {dataset_dir}", f"--output_dir {output_dir}"]
                             + (["--quick"] if quick else [])),
         "plan": bench.overrides, "targets": TARGETS, "inference_settings": bench.inference_settings,
+        "throughput": throughput(bench, threads),
         "figures": {k: figure(v["ours"], v["nnunet"]) for k, v in runs.items()},
     }
     atomic_write_json(bench.out / "benchmark.json", report)

@@ -120,3 +120,13 @@ def test_benchmark_runs_both_systems_on_the_same_plan_end_to_end(tmp_path):
     assert report["plan"]["plan#patch_size"] == plans["configurations"]["3d_fullres"]["patch_size"][::-1]
     assert ours["configurations"]["3d_fullres"]["patch_size"]  # our own plan exists too; the runs override it
     assert (tmp_path / "b" / "benchmark.md").read_text().count("| ") > 10
+
+
+def test_flop_count_of_a_convolution_is_two_per_multiply_add():
+    import torch
+
+    from custom_components.benchmarking.throughput import counted_flops
+
+    conv = torch.nn.Conv3d(1, 4, 3, padding=1)
+    x = torch.randn(1, 1, 8, 8, 8)
+    assert counted_flops(lambda: conv(x)) == 2 * 4 * 27 * 8 * 8 * 8  # out channels x kernel x output voxels

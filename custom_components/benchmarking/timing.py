@@ -53,7 +53,11 @@ def time_sliding_window(bundle_root: str | Path, image: str, overrides: Mapping,
             start = time.perf_counter()
             logits = inferer(x, network)
             times.append(time.perf_counter() - start)
+    from custom_components.benchmarking.throughput import counted_flops
+
+    flops = counted_flops(lambda: inferer(x, network))
     return {"system": "ours", "mirroring": bool(mirroring), "seconds": times, "median_seconds": statistics.median(times),
+            "flops": flops, "gflops": flops / statistics.median(times) / 1e9,
             "preprocessing_seconds": preprocessing, "input_shape": list(x.shape[1:]),
             "output_shape": list(logits.shape[1:]), "threads": torch.get_num_threads(),
             "settings": {"tile_mirroring": getattr(inferer, "tile_mirroring", None),

@@ -55,7 +55,13 @@ def main() -> None:
         start = time.perf_counter()
         logits = predictor.predict_sliding_window_return_logits(data)
         times.append(time.perf_counter() - start)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        predictor.predict_sliding_window_return_logits(data)
+    flops = int(counter.get_total_flops())
     print(json.dumps({"system": "nnunetv2", "mirroring": bool(args.mirroring), "seconds": times,
+                      "flops": flops, "gflops": flops / statistics.median(times) / 1e9,
                       "median_seconds": statistics.median(times), "preprocessing_seconds": preprocessing,
                       "input_shape": list(data.shape), "output_shape": list(logits.shape),
                       "threads": torch.get_num_threads(),
