@@ -177,10 +177,12 @@ def throughput(bench: Bench, threads: int) -> dict:
     large Conv3d reaches here in the precision that system computes in."""
     from custom_components.benchmarking.throughput import conv_peak_gflops
 
-    out = {}
+    out, peaks = {}, {}
     for system, values in bench.gflops.items():
         precision = bench.inference_settings.get(system, {}).get("precision", "float32")
-        peak = conv_peak_gflops(threads, precision)
+        if precision not in peaks:  # one measurement per precision, so both systems are held to the same peak
+            peaks[precision] = conv_peak_gflops(threads, precision)
+        peak = peaks[precision]
         achieved = statistics.median(values)
         out[system] = {"gflops": round(achieved, 1), "precision": precision, "peak_gflops": round(peak, 1),
                        "fraction_of_peak": round(achieved / peak, 3)}
