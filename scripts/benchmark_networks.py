@@ -23,14 +23,11 @@ from custom_components.data.errors import DatasetError
 
 def step_seconds(bundle: Path, overrides: Mapping, steps: int) -> tuple[str, int, float]:
     """The network's class, its parameter count and the median seconds of one training step."""
-    from monai.bundle import ConfigParser
+    from custom_components.bundle_config import bundle_parser
 
-    config = bundle / "configs" / "train.yaml"
-    if not config.is_file():
+    if not (bundle / "configs" / "train.yaml").is_file():
         raise DatasetError(f"{bundle}: not a planned bundle (no configs/train.yaml)")
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    parser.update({"bundle_root": str(bundle), **dict(overrides)})
+    parser = bundle_parser(bundle, "train.yaml", overrides)
     net = parser.get_parsed_content("network_def")
     plan = parser.get_parsed_content("plan")
     crop = [int(s) for s in parser.get_parsed_content("crop_size")]

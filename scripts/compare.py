@@ -75,12 +75,9 @@ def run_measured(args: list[str], log: Path) -> tuple[float, float]:
 
 def parameter_count(bundle: Path, overrides: Mapping) -> tuple[int, str]:
     """The trained network's parameter count and class, from the planned inference config and its overrides."""
-    from monai.bundle import ConfigParser
+    from custom_components.bundle_config import bundle_parser
 
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
-    parser.update({"bundle_root": str(bundle), **dict(overrides)})
-    net = parser.get_parsed_content("network_def")
+    net = bundle_parser(bundle, "inference.yaml", overrides).get_parsed_content("network_def")
     return sum(p.numel() for p in net.parameters()), type(net).__name__
 
 

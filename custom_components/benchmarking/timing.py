@@ -9,14 +9,7 @@ from pathlib import Path
 
 import torch
 
-
-def _parser(bundle_root: str | Path, config: str, overrides: Mapping):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(Path(bundle_root) / "configs" / config))
-    parser.update({"bundle_root": str(bundle_root), **dict(overrides)})
-    return parser
+from custom_components.bundle_config import bundle_parser
 
 
 def preprocess_training_cases(bundle_root: str | Path, dataset_dir: str | Path, overrides: Mapping) -> dict:
@@ -26,7 +19,7 @@ def preprocess_training_cases(bundle_root: str | Path, dataset_dir: str | Path, 
 
     from custom_components.data import training_datalist
 
-    parser = _parser(bundle_root, "train.yaml", {**dict(overrides), "dataset_dir": str(dataset_dir)})
+    parser = bundle_parser(bundle_root, "train.yaml", {**dict(overrides), "dataset_dir": str(dataset_dir)})
     transform = Compose(parser.get_parsed_content("train#deterministic_transforms"))
     cases = training_datalist(dataset_dir, "all", parser.get_parsed_content("num_channels"))
     start = time.perf_counter()
@@ -41,7 +34,7 @@ def time_sliding_window(bundle_root: str | Path, image: str, overrides: Mapping,
     preprocessed case, `repeats` times, with seeded random weights (the time does not depend on them)."""
     torch.set_num_threads(int(threads))
     torch.manual_seed(0)
-    parser = _parser(bundle_root, "inference.yaml", {**dict(overrides), "use_mirroring": bool(mirroring)})
+    parser = bundle_parser(bundle_root, "inference.yaml", {**dict(overrides), "use_mirroring": bool(mirroring)})
     network = parser.get_parsed_content("network_def").eval()
     inferer = parser.get_parsed_content("inferer")
     start = time.perf_counter()

@@ -74,15 +74,11 @@ class PredictPreviousStaged(MapTransform):
     def _stage1(self):
         """Stage 1's preprocessing, fold ensemble, inferer and postprocessing, parsed on first use."""
         if self._pipeline is None:
-            from monai.bundle import ConfigParser
+            from custom_components.bundle_config import bundle_parser
 
             if not self.config_file.is_file():
                 raise DatasetError(f"{self.config_file}: missing; it predicts stage 1 for cases that come without one")
-            parser = ConfigParser()
-            parser.read_config(str(self.config_file))
-            parser["bundle_root"] = str(self.bundle_root)
-            for key, value in self.overrides.items():
-                parser[key] = value
+            parser = bundle_parser(self.bundle_root, os.path.relpath(self.config_file, self.bundle_root / "configs"), self.overrides)
             preprocessing, network, inferer, postprocessing, device = (
                 parser.get_parsed_content(k) for k in ("preprocessing", "inference_network", "inferer", "postprocessing", "device"))
             self._pipeline = (preprocessing, network.eval(), inferer, postprocessing, device)
