@@ -67,7 +67,7 @@ def test_compare_trains_and_scores_each_template_then_reuses_its_records(small_d
     result = json.loads((out / "comparison.json").read_text())
     records = {r["template"]: r for r in result["templates"]}
     assert list(records) == ["nnunet_3d_fullres", "residual_unet"]
-    assert records["nnunet_3d_fullres"]["network"] == "DynUNet" and records["residual_unet"]["network"] == "ResidualUNet"
+    assert records["nnunet_3d_fullres"]["network"] == "PlainConvUNet" and records["residual_unet"]["network"] == "ResidualUNet"
     paper_width = ResidualUNet(spatial_dims=3, in_channels=1, out_channels=3, features=[64, 128, 256, 512],
                                strides=[[1, 1, 1], [2, 2, 1], [2, 2, 1], [2, 2, 2]])
     # the feature_scale override reached the network (a quarter of the widths: about 1/16 of the parameters)
@@ -77,7 +77,7 @@ def test_compare_trains_and_scores_each_template_then_reuses_its_records(small_d
         assert r["training_seconds"] > 0 and r["inference_seconds_per_case"] > 0 and r["peak_rss_training_mb"] > 100
         assert (out / r["template"] / "models" / "model.pt").is_file()
     table = (out / "comparison.md").read_text()
-    assert "| nnunet_3d_fullres | DynUNet |" in table and "| residual_unet | ResidualUNet |" in table
+    assert "| nnunet_3d_fullres | PlainConvUNet |" in table and "| residual_unet | ResidualUNet |" in table
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     again = run(*args)
     assert again.stdout.count("reusing") == 2 and "train (" not in again.stdout

@@ -2,6 +2,7 @@
 cascade, and the four papers' networks, each 2D and 3D from one class."""
 
 from custom_components.networks.attention_unet import AttentionUNet
+from custom_components.networks.dynunet import PlainConvUNet
 from custom_components.networks.cascade import CascadeInferer, CascadeNet, spacing_ratio, with_stage1_weights
 from custom_components.networks.multires_unet import MultiResUNet
 from custom_components.networks.nonlocal_unet import NonLocalUNet
