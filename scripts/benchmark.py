@@ -8,11 +8,11 @@ topology, spacing), so both systems run the same network on the same patches. Th
 two systems, in turn order reversed every repeat, so that drift of a shared machine hits both. Writes
 `B/benchmark.json` and `B/benchmark.md`: each figure for both, with the ratio ours / nnU-Net's and its target.
 
-Figures so far: preprocessing wall time (fingerprint, plan and preprocessing of every training case),
-training seconds per iteration (data loading and augmentation included, after the first epoch), sliding-window
-inference per case with and without mirroring, the peak resident memory of that inference process, and the
-convolution throughput of mirrored inference against a plain Conv3d's peak. Not yet: test Dice at an equal
-training budget, and the scaling with volume size.
+Figures: preprocessing wall time (fingerprint, plan and preprocessing of every training case), training
+seconds per iteration (data loading and augmentation included, after the first epoch), sliding-window inference
+per case with and without mirroring, the peak resident memory of that inference process, the convolution
+throughput of mirrored inference against a plain Conv3d's peak, test Dice after an equal wall-clock training
+budget, and how our inference's time and memory grow with volume size up to 512x512x300 (table and plot).
 """
 
 from __future__ import annotations
@@ -45,12 +45,17 @@ TARGETS = {  # ours / nnU-Net's, at most (issue 6)
     "inference_seconds_mirroring": 0.67,
     "inference_peak_rss_mb": 1.0,
 }
+DICE_MARGIN = 0.01  # test Dice at an equal training budget: ours >= nnU-Net's - this
+SCALING_SHAPES = [(128, 128, 75), (256, 256, 150), (512, 512, 300)]  # voxels, at SCALING_SPACING (mm)
+SCALING_SPACING = (0.8, 0.8, 1.0)
+SCALING_LIMIT_MB = 8 * 1024
 LABELS = {
     "preprocessing_seconds": "preprocessing, whole dataset (s)",
     "training_seconds_per_iteration": "training, s per iteration",
     "inference_seconds_no_mirroring": "sliding window per case, no mirroring (s)",
     "inference_seconds_mirroring": "sliding window per case, 8-fold mirroring (s)",
     "inference_peak_rss_mb": "peak resident memory of inference (MB)",
+    "test_dice_equal_budget": "test Dice after an equal training budget",
 }
 
 
@@ -114,14 +119,17 @@ class Bench:
         return seconds
 
     def preprocess_ours(self, tag: str) -> float:
+        """`scripts.plan` (fingerprint and plan) as a command, plus the preprocessing of every training case as the
+        training process runs it when it fills its cache. That happens inside the training process, which starts
+        anyway, so the subprocess that stands in for it here counts its work, not its interpreter start-up."""
         shutil.rmtree(self.bundle, ignore_errors=True)
         plan, _ = run_measured([sys.executable, "-m", "scripts.plan", "--dataset_dir", str(self.dataset_dir),
                                 "--template", str(TEMPLATE), "--output_dir", str(self.bundle)],
                                self.logs / f"plan_ours_{tag}.log")
-        cases, _ = run_measured([sys.executable, "-m", "scripts.benchmark", "preprocess", str(self.bundle),
-                                 str(self.dataset_dir), "--overrides", json.dumps(self.overrides)],
-                                self.logs / f"preprocess_ours_{tag}.log")
-        return plan + cases
+        log = self.logs / f"preprocess_ours_{tag}.log"
+        run_measured([sys.executable, "-m", "scripts.benchmark", "preprocess", str(self.bundle), str(self.dataset_dir),
+                      "--overrides", json.dumps(self.overrides)], log)
+        return plan + json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
 
     # -- inference
     def infer(self, system: str, mirroring: bool, tag: str, repeats: int) -> tuple[float, float]:
@@ -141,14 +149,15 @@ class Bench:
         return result["median_seconds"], rss
 
     # -- training
-    def train(self, system: str, epochs: int, iterations: int) -> float:
-        """Median seconds per training iteration after the first epoch (the warm-up)."""
+    def train(self, system: str, epochs: int, iterations: int) -> dict:
+        """Train `epochs` x `iterations`: the median seconds per iteration after the first epoch (the warm-up),
+        and the training loop's wall time."""
         if system == "nnunet":
             os.environ.update({"BENCH_EPOCHS": str(epochs), "BENCH_ITERATIONS": str(iterations), "BENCH_VAL_ITERATIONS": "1"})
             results = self.nn_root / "results"
             shutil.rmtree(results, ignore_errors=True)
             run_measured([self.nnunet_bin("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "all", "-tr",
-                          "nnUNetTrainerBudget", "-device", "cpu"], self.logs / "train_nnunet.log")
+                          "nnUNetTrainerBudget", "-device", "cpu"], self.logs / f"train_nnunet_{epochs}x{iterations}.log")
             timing = json.loads(next(results.rglob("bench_timing.json")).read_text())
             epochs_starts, current = [], []
             for t in timing["iteration_starts"]:
@@ -157,19 +166,65 @@ class Bench:
                     current = []
                 else:
                     current.append(t)
-            gaps = [b - a for starts in epochs_starts[1:] for a, b in zip(starts, starts[1:])]
-            return statistics.median(gaps)
+            gaps = [b - a for starts in (epochs_starts[1:] or epochs_starts) for a, b in zip(starts, starts[1:])]
+            return {"seconds_per_iteration": statistics.median(gaps), "loop_seconds": timing["train_seconds"],
+                    "iterations": epochs * iterations}
         for name in ("models", "logs"):
             shutil.rmtree(self.bundle / name, ignore_errors=True)
         args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                 str(self.bundle / "configs" / "train.yaml"), "--bundle_root", str(self.bundle), "--dataset_dir",
                 str(self.dataset_dir), "--fold", "all", "--val_interval", "0", "--train#trainer#max_epochs", str(epochs),
-                "--iterations_per_epoch", str(iterations)]
-        for key, value in self.overrides.items():
-            args += [f"--{key}", json.dumps(value)]
-        run_measured(args, self.logs / "train_ours.log")
+                "--iterations_per_epoch", str(iterations)] + self.override_args()
+        run_measured(args, self.logs / f"train_ours_{epochs}x{iterations}.log")
         history = json.loads((self.bundle / "logs" / "progress.json").read_text())
-        return statistics.median(h["iteration_seconds"] for h in history[1:])
+        return {"seconds_per_iteration": statistics.median(h["iteration_seconds"] for h in (history[1:] or history)),
+                "loop_seconds": sum(h["seconds"] for h in history), "iterations": epochs * iterations}
+
+    def override_args(self) -> list[str]:
+        return [a for key, value in self.overrides.items() for a in (f"--{key}", json.dumps(value))]
+
+    def test_dice(self, system: str) -> float:
+        """Mean foreground Dice on the test set of the model the last `train` left, each system predicting as it
+        does by default (sliding window with mirroring), scored by our evaluation."""
+        from custom_components.evaluation.report import evaluate_folder
+
+        out = self.out / "predictions" / system
+        shutil.rmtree(out, ignore_errors=True)
+        if system == "nnunet":
+            run_measured([self.nnunet_bin("nnUNetv2_predict"), "-i", str(self.raw / "imagesTs"), "-o", str(out), "-d",
+                          str(DATASET_ID), "-c", "3d_fullres", "-f", "all", "-tr", "nnUNetTrainerBudget", "-device", "cpu",
+                          "-npp", "1", "-nps", "1", "--disable_progress_bar"], self.logs / "predict_nnunet.log")
+            return float(evaluate_folder(out, self.dataset_dir)["mean_dice"])
+        run_measured([sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file",
+                      str(self.bundle / "configs" / "evaluate.yaml"), "--bundle_root", str(self.bundle), "--dataset_dir",
+                      str(self.dataset_dir), "--output_dir", str(out)] + self.override_args(), self.logs / "predict_ours.log")
+        return float(json.loads((out / "metrics.json").read_text())["mean_dice"])
+
+    def train_for_budget(self, system: str, budget_seconds: float, seconds_per_iteration: float,
+                         iterations_per_epoch: int) -> dict:
+        """Train for `budget_seconds` of wall clock (as many iterations as this system's measured speed fits in
+        it, so that its schedule runs to its end), then score the test set."""
+        iterations = max(iterations_per_epoch, round(budget_seconds / seconds_per_iteration))
+        epochs = max(1, round(iterations / iterations_per_epoch))
+        trained = self.train(system, epochs, iterations_per_epoch)
+        return {**trained, "epochs": epochs, "test_dice": round(self.test_dice(system), 4)}
+
+    # -- scaling
+    def scale(self, shape: tuple, threads: int) -> dict:
+        """Our whole inference of a synthetic CT of `shape` voxels: seconds and peak resident memory."""
+        from custom_components.benchmarking.scaling import synth_ct
+
+        name = "x".join(map(str, shape))
+        image = synth_ct(shape, SCALING_SPACING, self.out / "scaling" / "images" / f"ct_{name}.nii.gz")
+        log = self.logs / f"scaling_{name}.log"
+        _, rss = run_measured([sys.executable, "-m", "scripts.benchmark", "scale_case", str(self.bundle), str(image),
+                               str(self.out / "scaling" / "predictions"), "--overrides",
+                               json.dumps({**self.overrides, "use_mirroring": False}), "--threads", str(threads)], log)
+        result = json.loads(log.read_text().strip().splitlines()[-1])
+        image.unlink()  # large, and generated
+        return {"shape": list(shape), "voxels": int(shape[0] * shape[1] * shape[2]), "spacing": list(SCALING_SPACING),
+                "network_grid": result["network_grid"], "seconds": round(result["seconds"], 2),
+                "steps": {k: round(v, 2) for k, v in result["steps"].items()}, "peak_rss_mb": round(rss, 1)}
 
 
 def throughput(bench: Bench, threads: int) -> dict:
@@ -194,19 +249,35 @@ def figure(ours: list[float], nnunet: list[float]) -> dict:
     return {"ours": round(o, 3), "nnunet": round(n, 3), "ratio": round(o / n, 3), "ours_runs": ours, "nnunet_runs": nnunet}
 
 
+def dice_figure(budget: Mapping) -> dict:
+    o, n = budget["ours"]["test_dice"], budget["nnunet"]["test_dice"]
+    return {"ours": o, "nnunet": n, "difference": round(o - n, 4)}
+
+
 def markdown(report: Mapping) -> str:
     m = report["machine"]
     lines = [f"# Benchmark: ours vs nnU-Net v2 ({report['date']})", "",
              f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, {report['threads']} torch threads; no GPU. "
              f"torch {report['versions']['torch']}, MONAI {report['versions']['monai']}, nnunetv2 "
              f"{report['versions']['nnunetv2']}. Dataset: {report['dataset']} ({report['training_cases']} training "
-             f"cases). Medians of {report['repeats']} alternating runs; training: {report['training_budget']}.", "",
+             f"cases). Medians of {report['repeats']} alternating runs; training speed: {report['training_budget']}.", "",
              f"Command: `{report['command']}`", "",
              "| figure | ours | nnU-Net v2 | ours / nnU-Net | target | met |", "| --- | --- | --- | --- | --- | --- |"]
     for key, f in report["figures"].items():
         target = TARGETS[key]
         met = "yes" if f["ratio"] <= target else f"no (by {f['ratio'] - target:.2f})"
         lines.append(f"| {LABELS[key]} | {f['ours']} | {f['nnunet']} | {f['ratio']} | <= {target} | {met} |")
+    dice = report.get("dice")
+    if dice:
+        met = "yes" if dice["difference"] >= -DICE_MARGIN else f"no (by {-DICE_MARGIN - dice['difference']:.3f})"
+        lines.append(f"| {LABELS['test_dice_equal_budget']} | {dice['ours']} | {dice['nnunet']} | "
+                     f"{dice['difference']:+.4f} (difference) | >= -{DICE_MARGIN} | {met} |")
+        b = report["budget"]
+        lines += ["", f"Equal budget: {b['seconds']} s of training each, the iterations each system's measured speed "
+                  "fits in it, so that each schedule runs to its end; each then predicts the test set as it does by "
+                  "default (8-fold mirroring) and our evaluation scores both. " + "; ".join(
+                      f"{name}: {r['epochs']} x {r['iterations'] // r['epochs']} iterations, training loop "
+                      f"{r['loop_seconds']:.0f} s" for name, r in b["runs"].items()) + "."]
     for name, t in report.get("throughput", {}).items():
         lines.append(f"\nThroughput of mirrored inference, {name}: {t['gflops']} GFLOP/s in {t['precision']}, "
                      f"{t['fraction_of_peak']:.0%} of the {t['peak_gflops']} GFLOP/s one large Conv3d reaches here.")
@@ -216,13 +287,29 @@ def markdown(report: Mapping) -> str:
             f"{name}: {', '.join(f'{k} {v}' for k, v in s.items())}" for name, s in settings.items())]
     lines += ["", f"Plan (nnU-Net's, used by both): patch {report['plan']['plan#patch_size']} (x, y, z), batch "
               f"{report['plan']['plan#batch_size']}, widths {report['plan']['plan#features_per_stage']}."]
+    rows = report.get("scaling")
+    if rows:
+        lines += ["", "## Scaling of our inference with volume size", "",
+                  f"A synthetic CT at {' x '.join(map(str, SCALING_SPACING))} mm through the bundle's whole inference "
+                  "(load, crop, normalise, resample to the plan's spacing, sliding window without mirroring, softmax, "
+                  "resample back, argmax, write NIfTI), one process per size; random weights. Limit: "
+                  f"{SCALING_LIMIT_MB // 1024} GB resident.", "",
+                  "| input (voxels) | network grid | total (s) | sliding window (s) | pre / post-processing (s) | "
+                  "peak resident memory (MB) | under 8 GB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            st = r["steps"]
+            lines.append(f"| {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['network_grid']))} | {r['seconds']} | "
+                         f"{st['sliding_window']} | {st['preprocessing']} / {st['postprocessing'] + st['writing']:.2f} | "
+                         f"{r['peak_rss_mb']} | {'yes' if r['peak_rss_mb'] <= SCALING_LIMIT_MB else 'no'} |")
+        lines += ["", "![scaling](scaling.png)"]
     return "\n".join(lines) + "\n"
 
 
 def run(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | None = None, threads: int = 2,
-        epochs: int | None = None, iterations: int | None = None) -> dict:
+        epochs: int | None = None, iterations: int | None = None, budget_seconds: float | None = None,
+        scaling: bool = True) -> dict:
     repeats = int(repeats or (2 if quick else 3))
-    epochs, iterations = int(epochs or (2 if quick else 3)), int(iterations or (8 if quick else 20))
+    epochs, iterations = int(epochs or (2 if quick else 3)), int(iterations or (6 if quick else 20))
     bench = Bench(dataset_dir, output_dir, threads)
     runs: dict[str, dict[str, list]] = {k: {"ours": [], "nnunet": []} for k in TARGETS}
     for r in range(repeats):
@@ -237,17 +324,31 @@ def run(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | N
                 key = "inference_seconds_mirroring" if mirroring else "inference_seconds_no_mirroring"
                 runs[key][system].append(round(seconds, 3))
                 runs["inference_peak_rss_mb"][system].append(round(rss, 1))
+    speed = {}
     for system in ("nnunet", "ours"):
-        runs["training_seconds_per_iteration"][system].append(round(bench.train(system, epochs, iterations), 3))
+        speed[system] = bench.train(system, epochs, iterations)["seconds_per_iteration"]
+        runs["training_seconds_per_iteration"][system].append(round(speed[system], 3))
+    # the equal budget gives nnU-Net at least 110 iterations (quick) or 300: fewer leave its Dice near 0
+    budget = float(budget_seconds or round((110 if quick else 300) * speed["nnunet"]))
+    per_epoch = 25 if quick else 50
+    budget_runs = {system: bench.train_for_budget(system, budget, speed[system], per_epoch) for system in ("nnunet", "ours")}
+    scaling_rows = [bench.scale(shape, threads) for shape in SCALING_SHAPES] if scaling else []
+    if scaling_rows:
+        from custom_components.benchmarking.scaling import plot_scaling
+
+        plot_scaling(scaling_rows, bench.out / "scaling.png")
     report = {
         "date": datetime.date.today().isoformat(), "machine": machine(), "threads": threads,
         "versions": versions(bench.nnunet_py), "dataset": str(bench.dataset_dir), "training_cases": len(bench.info.training),
         "repeats": repeats, "training_budget": f"{epochs} epochs x {iterations} iterations, median after epoch 1",
         "command": " ".join(["python -m scripts.benchmark", f"--dataset_dir {dataset_dir}", f"--output_dir {output_dir}"]
                             + (["--quick"] if quick else [])),
-        "plan": bench.overrides, "targets": TARGETS, "inference_settings": bench.inference_settings,
+        "plan": bench.overrides, "targets": {**TARGETS, "test_dice_difference_at_least": -DICE_MARGIN},
+        "inference_settings": bench.inference_settings,
         "throughput": throughput(bench, threads),
         "figures": {k: figure(v["ours"], v["nnunet"]) for k, v in runs.items()},
+        "budget": {"seconds": budget, "runs": budget_runs}, "dice": dice_figure(budget_runs),
+        "scaling": scaling_rows,
     }
     atomic_write_json(bench.out / "benchmark.json", report)
     atomic_write_text(bench.out / "benchmark.md", markdown(report))
@@ -270,11 +371,20 @@ def infer(bundle_root: str, image: str, overrides: str = "{}", mirroring: bool =
     print(json.dumps(time_sliding_window(bundle_root, image, over, bool(mirroring), repeats, threads)))
 
 
+def scale_case(bundle_root: str, image: str, output_dir: str, overrides: str = "{}", threads: int = 2) -> None:
+    """(subprocess of `run`) our whole inference of one image, timed; one JSON line."""
+    from custom_components.benchmarking.scaling import time_case_inference
+
+    over = json.loads(overrides) if isinstance(overrides, str) else overrides
+    print(json.dumps(time_case_inference(bundle_root, image, over, output_dir, threads)))
+
+
 def main(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | None = None, threads: int = 2,
-         epochs: int | None = None, iterations: int | None = None) -> None:
+         epochs: int | None = None, iterations: int | None = None, budget_seconds: float | None = None,
+         scaling: bool = True) -> None:
     """Run the benchmark; print benchmark.md."""
     try:
-        run(dataset_dir, output_dir, quick, repeats, threads, epochs, iterations)
+        run(dataset_dir, output_dir, quick, repeats, threads, epochs, iterations, budget_seconds, scaling)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -282,7 +392,7 @@ def main(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("preprocess", "infer"):
-        fire.Fire({"preprocess": preprocess, "infer": infer})
+    if len(sys.argv) > 1 and sys.argv[1] in ("preprocess", "infer", "scale_case"):
+        fire.Fire({"preprocess": preprocess, "infer": infer, "scale_case": scale_case})
     else:
         fire.Fire(main)

@@ -130,3 +130,25 @@ def test_flop_count_of_a_convolution_is_two_per_multiply_add():
     conv = torch.nn.Conv3d(1, 4, 3, padding=1)
     x = torch.randn(1, 1, 8, 8, 8)
     assert counted_flops(lambda: conv(x)) == 2 * 4 * 27 * 8 * 8 * 8  # out channels x kernel x output voxels
+
+
+def test_scaling_inference_writes_the_prediction_in_the_input_geometry_and_plots(trained_fullres, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from custom_components.benchmarking.scaling import plot_scaling, synth_ct, time_case_inference
+
+    _, bundle = trained_fullres
+    image = synth_ct((40, 36, 30), (0.8, 0.8, 1.0), tmp_path / "ct.nii.gz")
+    volume = nib.load(image)
+    assert volume.get_data_dtype() == np.int16 and np.asarray(volume.dataobj).min() < -900  # air around a body
+    result = time_case_inference(bundle, str(image), {"use_mirroring": False}, str(tmp_path / "out"), 1)
+    pred = nib.load(tmp_path / "out" / "ct.nii.gz")
+    assert pred.shape == (40, 36, 30) and np.allclose(pred.affine, volume.affine)
+    # resampled to the plan's coarser through-plane spacing for the network, back to 30 slices for the output
+    assert result["network_grid"][2] < 30 and result["output_shape"] == [40, 36, 30]
+    assert sum(result["steps"].values()) <= result["seconds"]
+    rows = [{"shape": [40, 36, 30], "voxels": 43200, "seconds": result["seconds"], "peak_rss_mb": 500.0},
+            {"shape": [80, 72, 60], "voxels": 345600, "seconds": 2 * result["seconds"], "peak_rss_mb": 900.0}]
+    plot_scaling(rows, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"

@@ -260,3 +260,25 @@ def test_inference_network_is_the_fold_ensemble_when_fold_models_exist(tmp_path)
     assert isinstance(ens, FoldEnsemble) and len(ens.members) == 2
     assert not isinstance(load_inference_network(net, str(tmp_path), folds="3"), FoldEnsemble)
     assert not isinstance(load_inference_network(net, str(tmp_path / "fold_0")), FoldEnsemble)  # its model.pt
+
+
+def test_bfloat16_training_step_keeps_float32_weights_and_gradients_close_to_float32():
+    from custom_components.training import AutocastInferer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.InstanceNorm3d(8, affine=True),
+                              torch.nn.LeakyReLU(0.01), torch.nn.Conv3d(8, 3, 1))
+    x, y = torch.randn(2, 1, 12, 12, 6), torch.randint(0, 3, (2, 12, 12, 6))
+    grads = {}
+    for precision in ("float32", "bfloat16"):
+        net.zero_grad()
+        out = AutocastInferer(precision)(x, net)
+        assert out.dtype == torch.float32
+        torch.nn.functional.cross_entropy(out, y).backward()
+        grads[precision] = torch.cat([p.grad.flatten() for p in net.parameters()])
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in net.parameters())
+    cosine = torch.nn.functional.cosine_similarity(grads["float32"], grads["bfloat16"], dim=0)
+    assert not torch.equal(grads["float32"], grads["bfloat16"])  # the forward really ran in bfloat16
+    assert cosine > 0.99
+    with pytest.raises(ValueError, match="precision must be one of"):
+        AutocastInferer("float16")

@@ -3,23 +3,13 @@ optional test-time mirroring over every combination of the chosen axes, averaged
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Sequence
 
 import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "auto": None}
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively (a GPU of compute capability 8 or more; a CPU with AVX-512
-    BF16 or AMX): elsewhere bfloat16 is emulated and slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
-    return device.type == "cpu" and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
+from custom_components.precision import autocast, check_precision, resolve_precision
 
 def as_flag(value) -> bool:
     """A setting that may come from the command line as a string ('false', '0', 'off')."""
@@ -96,8 +86,7 @@ class MirroredSlidingWindowInferer(Inferer):
         mirror_batch: int = 8,
     ) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         window_args = dict(
             roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
             sigma_scale=sigma_scale, padding_mode="constant", cval=0.0, sw_device=sw_device, device=device,
@@ -123,13 +112,10 @@ class MirroredSlidingWindowInferer(Inferer):
         return torch.log((probs / len(members)).clamp_min(1e-12))
 
     def _precision(self, inputs: torch.Tensor) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "bfloat16" if native_bfloat16(inputs.device) else "float32"
+        return resolve_precision(self.precision, inputs.device)
 
     def _autocast(self, inputs: torch.Tensor):
-        dtype = PRECISIONS[self._precision(inputs)]
-        return contextlib.nullcontext() if dtype is None else torch.autocast(inputs.device.type, dtype=dtype)
+        return autocast(self.precision, inputs.device)
 
     def _mirrored(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         predictor = network

@@ -1,6 +1,7 @@
 """Training: optimisers and schedules, resumable checkpoints and progress reporting."""
 
 from custom_components.training.attach import Attach
+from custom_components.training.autocast import AutocastInferer
 from custom_components.training.checkpoint import ResumableCheckpoint
 from custom_components.training.progress import TrainingProgress, plot_training_curve
 from custom_components.training.validation import OptionalValidation

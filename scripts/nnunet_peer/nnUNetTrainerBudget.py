@@ -40,6 +40,9 @@ class nnUNetTrainerBudget(nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
+        starts = [t for t in self.bench_iteration_starts if t is not None]
         with open(os.path.join(self.output_folder, "bench_timing.json"), "w") as f:
             json.dump({"iteration_starts": self.bench_iteration_starts,
-                       "iterations_per_epoch": self.num_iterations_per_epoch}, f)
+                       "iterations_per_epoch": self.num_iterations_per_epoch,
+                       # the training loop's wall time: first iteration's start to the end of training
+                       "train_seconds": time.perf_counter() - starts[0] if starts else 0.0}, f)
