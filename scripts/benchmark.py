@@ -1,6 +1,8 @@
 """Side-by-side benchmark against nnU-Net v2 (2.8.1) on the same data and the same plan, on this machine.
 
     python -m scripts.benchmark --dataset_dir D --output_dir B [--quick] [--repeats 3] [--threads 2]
+        [--epochs E --iterations I] (the training-speed runs) [--budget_seconds S --budget_epoch K] (the equal-budget
+        runs: S seconds each, epochs of K iterations) [--schedule nnunet_v2] (our recipe in both) [--scaling False]
 
 nnU-Net runs from its own environment (scripts/setup_nnunet_env.sh, built on first use) on a linked copy of D
 in its raw layout (`B/nnunet/`). It plans first; our 3D full-res bundle then takes nnU-Net's plan (patch, batch,
@@ -86,7 +88,7 @@ def versions(nnunet_py: str) -> dict:
 class Bench:
     """One benchmark run's folders, environments and the plan both systems share."""
 
-    def __init__(self, dataset_dir: str, output_dir: str, threads: int) -> None:
+    def __init__(self, dataset_dir: str, output_dir: str, threads: int, schedule: str = "nnunet_v2") -> None:
         self.dataset_dir = Path(dataset_dir).resolve()
         self.out = Path(output_dir).resolve()
         self.threads = int(threads)
@@ -103,6 +105,7 @@ class Bench:
         self.logs = self.out / "logs"
         self.image = self.info.test[0]["image"][0]
         self.overrides: dict = {}
+        self.schedule = schedule  # our training recipe in both training runs (nnunet_v2: nnU-Net 2.8.1's own)
         self.inference_settings: dict = {}
         self.gflops: dict[str, list[float]] = {"ours": [], "nnunet": []}
 
@@ -174,7 +177,7 @@ class Bench:
         args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                 str(self.bundle / "configs" / "train.yaml"), "--bundle_root", str(self.bundle), "--dataset_dir",
                 str(self.dataset_dir), "--fold", "all", "--val_interval", "0", "--train#trainer#max_epochs", str(epochs),
-                "--iterations_per_epoch", str(iterations)] + self.override_args()
+                "--iterations_per_epoch", str(iterations), "--schedule", self.schedule] + self.override_args()
         run_measured(args, self.logs / f"train_ours_{epochs}x{iterations}.log")
         history = json.loads((self.bundle / "logs" / "progress.json").read_text())
         return {"seconds_per_iteration": statistics.median(h["iteration_seconds"] for h in (history[1:] or history)),
@@ -204,9 +207,9 @@ class Bench:
                          iterations_per_epoch: int) -> dict:
         """Train for `budget_seconds` of wall clock (as many iterations as this system's measured speed fits in
         it, so that its schedule runs to its end), then score the test set."""
-        iterations = max(iterations_per_epoch, round(budget_seconds / seconds_per_iteration))
-        epochs = max(1, round(iterations / iterations_per_epoch))
-        trained = self.train(system, epochs, iterations_per_epoch)
+        iterations = max(1, round(budget_seconds / seconds_per_iteration))
+        epochs = -(-iterations // iterations_per_epoch)  # epochs of at most iterations_per_epoch, evened out
+        trained = self.train(system, epochs, max(1, round(iterations / epochs)))
         return {**trained, "epochs": epochs, "test_dice": round(self.test_dice(system), 4)}
 
     # -- scaling
@@ -274,8 +277,9 @@ def markdown(report: Mapping) -> str:
                      f"{dice['difference']:+.4f} (difference) | >= -{DICE_MARGIN} | {met} |")
         b = report["budget"]
         lines += ["", f"Equal budget: {b['seconds']} s of training each, the iterations each system's measured speed "
-                  "fits in it, so that each schedule runs to its end; each then predicts the test set as it does by "
-                  "default (8-fold mirroring) and our evaluation scores both. " + "; ".join(
+                  "fits in it, so that each schedule runs to its end. nnU-Net trains with its own recipe (SGD, lr "
+                  f"0.01, poly); ours with `--schedule {b.get('our_schedule', 'nnunet_v2')}`. Each then predicts the "
+                  "test set as it does by default (8-fold mirroring) and our evaluation scores both. " + "; ".join(
                       f"{name}: {r['epochs']} x {r['iterations'] // r['epochs']} iterations, training loop "
                       f"{r['loop_seconds']:.0f} s" for name, r in b["runs"].items()) + "."]
     for name, t in report.get("throughput", {}).items():
@@ -307,10 +311,10 @@ def markdown(report: Mapping) -> str:
 
 def run(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | None = None, threads: int = 2,
         epochs: int | None = None, iterations: int | None = None, budget_seconds: float | None = None,
-        scaling: bool = True) -> dict:
+        budget_epoch: int | None = None, scaling: bool = True, schedule: str = "nnunet_v2") -> dict:
     repeats = int(repeats or (2 if quick else 3))
     epochs, iterations = int(epochs or (2 if quick else 3)), int(iterations or (6 if quick else 20))
-    bench = Bench(dataset_dir, output_dir, threads)
+    bench = Bench(dataset_dir, output_dir, threads, schedule)
     runs: dict[str, dict[str, list]] = {k: {"ours": [], "nnunet": []} for k in TARGETS}
     for r in range(repeats):
         order = ("nnunet", "ours") if r % 2 == 0 else ("ours", "nnunet")  # nnU-Net plans first on the first turn
@@ -328,9 +332,9 @@ def run(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | N
     for system in ("nnunet", "ours"):
         speed[system] = bench.train(system, epochs, iterations)["seconds_per_iteration"]
         runs["training_seconds_per_iteration"][system].append(round(speed[system], 3))
-    # the equal budget gives nnU-Net at least 110 iterations (quick) or 300: fewer leave its Dice near 0
+    # the equal budget gives nnU-Net about 110 iterations (quick) or 300: fewer leave its Dice near 0
     budget = float(budget_seconds or round((110 if quick else 300) * speed["nnunet"]))
-    per_epoch = 25 if quick else 50
+    per_epoch = int(budget_epoch or (25 if quick else 50))
     budget_runs = {system: bench.train_for_budget(system, budget, speed[system], per_epoch) for system in ("nnunet", "ours")}
     scaling_rows = [bench.scale(shape, threads) for shape in SCALING_SHAPES] if scaling else []
     if scaling_rows:
@@ -347,7 +351,7 @@ def run(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | N
         "inference_settings": bench.inference_settings,
         "throughput": throughput(bench, threads),
         "figures": {k: figure(v["ours"], v["nnunet"]) for k, v in runs.items()},
-        "budget": {"seconds": budget, "runs": budget_runs}, "dice": dice_figure(budget_runs),
+        "budget": {"seconds": budget, "runs": budget_runs, "our_schedule": schedule}, "dice": dice_figure(budget_runs),
         "scaling": scaling_rows,
     }
     atomic_write_json(bench.out / "benchmark.json", report)
@@ -381,10 +385,11 @@ def scale_case(bundle_root: str, image: str, output_dir: str, overrides: str = "
 
 def main(dataset_dir: str, output_dir: str, quick: bool = False, repeats: int | None = None, threads: int = 2,
          epochs: int | None = None, iterations: int | None = None, budget_seconds: float | None = None,
-         scaling: bool = True) -> None:
+         budget_epoch: int | None = None, scaling: bool = True, schedule: str = "nnunet_v2") -> None:
     """Run the benchmark; print benchmark.md."""
     try:
-        run(dataset_dir, output_dir, quick, repeats, threads, epochs, iterations, budget_seconds, scaling)
+        run(dataset_dir, output_dir, quick, repeats, threads, epochs, iterations, budget_seconds, budget_epoch, scaling,
+            schedule)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

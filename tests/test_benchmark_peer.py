@@ -110,8 +110,11 @@ def test_benchmark_runs_both_systems_on_the_same_plan_end_to_end(tmp_path):
     data = tmp_path / "data"
     run("-m", "scripts.make_demo_data", "--output_dir", str(data), "--n_train", "4", "--n_test", "1")
     run("-m", "scripts.benchmark", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "b"), "--repeats", "1",
-        "--epochs", "2", "--iterations", "3")
+        "--epochs", "2", "--iterations", "3", "--budget_seconds", "4", "--budget_epoch", "2", "--scaling", "False")
     report = json.loads((tmp_path / "b" / "benchmark.json").read_text())
+    for system, trained in report["budget"]["runs"].items():  # each trained, then predicted and scored the test case
+        assert trained["iterations"] >= 1 and 0.0 <= trained["test_dice"] <= 1.0, system
+    assert report["dice"]["difference"] == pytest.approx(report["dice"]["ours"] - report["dice"]["nnunet"], abs=1e-4)
     for key, f in report["figures"].items():
         assert f["ours"] > 0 and f["nnunet"] > 0 and f["ratio"] == pytest.approx(f["ours"] / f["nnunet"], rel=0.01), key
     assert report["versions"]["nnunetv2"] == "2.8.1"
