@@ -82,10 +82,10 @@ def plot_scaling(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     b.axhline(8.0, color="r", ls="--", label="8 GB")
     b.set(xlabel="input voxels (millions)", ylabel="peak resident memory (GB)", title="memory")
     b.legend()
-    for ax, key in ((a, "seconds"), (b, None)):
-        for r, v in zip(rows, voxels):
-            ax.annotate("x".join(map(str, r["shape"])), (v, r["seconds"] if key else r["peak_rss_mb"] / 1024),
-                        fontsize=7, textcoords="offset points", xytext=(4, -10))
+    for r, v in zip(rows, voxels):
+        name = "x".join(map(str, r["shape"]))
+        for ax, y in ((a, r["seconds"]), (b, r["peak_rss_mb"] / 1024)):
+            ax.annotate(name, (v, y), fontsize=7, textcoords="offset points", xytext=(4, -10))
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)
     plt.close(fig)
