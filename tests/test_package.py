@@ -76,3 +76,32 @@ def test_package_refuses_to_overwrite_and_refuses_an_untrained_bundle(trained_fu
     proc = _package(untrained, tmp_path / "q")
     assert proc.returncode == 2 and "model.pt: missing" in proc.stderr
     assert json.loads(marker)  # the metadata copied intact
+
+
+def test_verify_names_every_file_changed_missing_or_added_since_packaging(trained_fullres, tmp_path):
+    _, bundle = trained_fullres
+    assert _package(bundle, tmp_path / "p").returncode == 0
+    folder = tmp_path / "p" / bundle.name
+    listed = (folder / "checksums.sha256").read_text()
+    assert "  models/model.pt\n" in listed and "  configs/inference.yaml\n" in listed
+    assert "  custom_components/networks/__init__.py\n" in listed
+    ok = run("-m", "scripts.package", "verify", "--package_dir", str(folder), check=False)
+    assert ok.returncode == 0, ok.stderr
+    # coreutils reads the same list
+    assert subprocess.run(["sha256sum", "--quiet", "-c", "checksums.sha256"], cwd=folder).returncode == 0
+    with open(folder / "configs" / "inference.yaml", "a") as f:
+        f.write("\nevil: \"$__import__('os').system('true')\"\n")
+    (folder / "models" / "model.pt").unlink()
+    (folder / "custom_components" / "extra.py").write_text("print('surprise')\n")
+    (folder / "custom_components" / "__pycache__").mkdir(exist_ok=True)  # Python's own bytecode is not a finding
+    (folder / "custom_components" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    bad = run("-m", "scripts.package", "verify", "--package_dir", str(folder), check=False)
+    assert bad.returncode == 1
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and "Traceback" not in bad.stderr
+    assert any("configs/inference.yaml: changed" in e for e in errors)
+    assert any("models/model.pt: missing" in e for e in errors)
+    assert any("custom_components/extra.py: not in checksums.sha256" in e for e in errors)
+    (folder / "checksums.sha256").unlink()
+    gone = run("-m", "scripts.package", "verify", "--package_dir", str(folder), check=False)
+    assert gone.returncode == 2 and "checksums.sha256: missing" in gone.stderr
