@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def bundle_parser(bundle_root: str | os.PathLike, config: str = "inference.yaml", overrides: Mapping | None = None):
-    """A ConfigParser of `bundle_root/configs/<config>` with `bundle_root` and `overrides` set."""
+    """A ConfigParser of `bundle_root/configs/<config>` (an absolute `config` is read as it is) with `bundle_root`
+    and `overrides` set."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

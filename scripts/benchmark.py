@@ -69,6 +69,11 @@ def nnunet_python() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+def result_line(log: Path) -> dict:
+    """The JSON object a benchmark subprocess prints as its last line."""
+    return json.loads(log.read_text().strip().splitlines()[-1])
+
+
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                  platform.processor())
@@ -132,7 +137,7 @@ class Bench:
         log = self.logs / f"preprocess_ours_{tag}.log"
         run_measured([sys.executable, "-m", "scripts.benchmark", "preprocess", str(self.bundle), str(self.dataset_dir),
                       "--overrides", json.dumps(self.overrides)], log)
-        return plan + json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
+        return plan + result_line(log)["seconds"]
 
     # -- inference
     def infer(self, system: str, mirroring: bool, tag: str, repeats: int) -> tuple[float, float]:
@@ -145,7 +150,7 @@ class Bench:
                     json.dumps(self.overrides), "--mirroring", str(mirroring), "--repeats", str(repeats),
                     "--threads", str(self.threads)]
         _, rss = run_measured(args, log)
-        result = json.loads(log.read_text().strip().splitlines()[-1])
+        result = result_line(log)
         self.inference_settings[system] = result["settings"]
         if mirroring:
             self.gflops[system].append(result["gflops"])
@@ -223,7 +228,7 @@ class Bench:
         _, rss = run_measured([sys.executable, "-m", "scripts.benchmark", "scale_case", str(self.bundle), str(image),
                                str(self.out / "scaling" / "predictions"), "--overrides",
                                json.dumps({**self.overrides, "use_mirroring": False}), "--threads", str(threads)], log)
-        result = json.loads(log.read_text().strip().splitlines()[-1])
+        result = result_line(log)
         image.unlink()  # large, and generated
         return {"shape": list(shape), "voxels": int(shape[0] * shape[1] * shape[2]), "spacing": list(SCALING_SPACING),
                 "network_grid": result["network_grid"], "seconds": round(result["seconds"], 2),

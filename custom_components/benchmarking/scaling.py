@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from custom_components.bundle_config import bundle_parser
-
 
 def synth_ct(shape: Sequence[int], spacing: Sequence[float], path: str | os.PathLike, seed: int = 0) -> Path:
     """An int16 CT-like volume (air, an elliptic body, an organ-like ellipsoid, noise) written as NIfTI, built
@@ -40,13 +38,10 @@ def synth_ct(shape: Sequence[int], spacing: Sequence[float], path: str | os.Path
 def time_case_inference(bundle_root: str | Path, image: str, overrides: Mapping, output_dir: str, threads: int) -> dict:
     """The bundle's inference of one image (random weights: the time does not depend on them), its steps timed:
     preprocessing, sliding window, postprocessing (softmax, inversion, argmax) and writing."""
-    torch.set_num_threads(int(threads))
-    torch.manual_seed(0)
-    from custom_components.inference.writer import save_label_map
+    from custom_components.benchmarking.timing import inference_parts
+    from custom_components.inference.writer import case_id_from_path, save_label_map
 
-    parser = bundle_parser(bundle_root, "inference.yaml", overrides)
-    network = parser.get_parsed_content("network_def").eval()
-    inferer = parser.get_parsed_content("inferer")
+    parser, network, inferer = inference_parts(bundle_root, overrides, threads)
     post = parser.get_parsed_content("postprocessing")
     steps = {}
     start = time.perf_counter()
@@ -61,7 +56,7 @@ def time_case_inference(bundle_root: str | Path, image: str, overrides: Mapping,
     data = post(data)
     steps["postprocessing"] = time.perf_counter() - t
     t = time.perf_counter()
-    save_label_map(data["pred"], data["pred"].affine, Path(output_dir) / f"{Path(image).name.split('.')[0]}.nii.gz")
+    save_label_map(data["pred"], data["pred"].affine, Path(output_dir) / f"{case_id_from_path(image)}.nii.gz")
     steps["writing"] = time.perf_counter() - t
     return {"seconds": time.perf_counter() - start, "steps": steps, "network_grid": grid,
             "output_shape": list(data["pred"].shape[1:])}

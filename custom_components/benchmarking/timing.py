@@ -28,15 +28,20 @@ def preprocess_training_cases(bundle_root: str | Path, dataset_dir: str | Path, 
     return {"seconds": time.perf_counter() - start, "cases": len(cases)}
 
 
+def inference_parts(bundle_root: str | Path, overrides: Mapping, threads: int):
+    """The bundle's inference config parsed with `overrides`, its network (seeded random weights: times do not
+    depend on them) in eval mode and its inferer, on `threads` torch threads."""
+    torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    parser = bundle_parser(bundle_root, "inference.yaml", overrides)
+    return parser, parser.get_parsed_content("network_def").eval(), parser.get_parsed_content("inferer")
+
+
 def time_sliding_window(bundle_root: str | Path, image: str, overrides: Mapping, mirroring: bool, repeats: int,
                         threads: int) -> dict:
     """Seconds of the bundle's inferer (sliding window, Gaussian weights, mirroring on or off) on one
     preprocessed case, `repeats` times, with seeded random weights (the time does not depend on them)."""
-    torch.set_num_threads(int(threads))
-    torch.manual_seed(0)
-    parser = bundle_parser(bundle_root, "inference.yaml", {**dict(overrides), "use_mirroring": bool(mirroring)})
-    network = parser.get_parsed_content("network_def").eval()
-    inferer = parser.get_parsed_content("inferer")
+    parser, network, inferer = inference_parts(bundle_root, {**dict(overrides), "use_mirroring": bool(mirroring)}, threads)
     start = time.perf_counter()
     x = parser.get_parsed_content("preprocessing")({"image": image})["image"][None]
     preprocessing = time.perf_counter() - start

@@ -78,7 +78,7 @@ class PredictPreviousStaged(MapTransform):
 
             if not self.config_file.is_file():
                 raise DatasetError(f"{self.config_file}: missing; it predicts stage 1 for cases that come without one")
-            parser = bundle_parser(self.bundle_root, os.path.relpath(self.config_file, self.bundle_root / "configs"), self.overrides)
+            parser = bundle_parser(self.bundle_root, str(self.config_file.resolve()), self.overrides)
             preprocessing, network, inferer, postprocessing, device = (
                 parser.get_parsed_content(k) for k in ("preprocessing", "inference_network", "inferer", "postprocessing", "device"))
             self._pipeline = (preprocessing, network.eval(), inferer, postprocessing, device)
