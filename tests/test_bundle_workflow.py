@@ -326,19 +326,45 @@ def test_v2_schedule_switch_trains_with_sgd_and_poly_lr(planned_3d, tmp_path):
     assert ckpt["optimizer"]["param_groups"][0]["nesterov"] is True
 
 
-def test_two_process_gloo_training_writes_one_model_from_rank_zero(planned_3d, tmp_path):
+def test_two_process_gloo_training_shares_the_work_and_rank_zero_writes_the_common_model(planned_3d, tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks train on their own share of the fold's training cases
+    and validate their own share of its held-out cases; the validation Dice and the epoch loss are reduced
+    over both; both end with the same weights, which rank 0 alone writes; and the loss goes down."""
+    from custom_components.data import training_datalist, validation_datalist
+    from custom_components.training.distributed import weights_digest
+
     data, bundle = planned_3d
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "logs"))
     configs = f"['{copy / 'configs' / 'train.yaml'}','{copy / 'configs' / 'multi_gpu_train.yaml'}']"
     proc = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
                "--config_file", configs, "--bundle_root", str(copy), "--dataset_dir", str(data),
-               "--train#trainer#max_epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "0", "--num_workers", "0")
-    assert proc.stdout.count("epoch 1/1") == 1  # only rank 0 reports and writes
+               "--train#trainer#max_epochs", "3", "--iterations_per_epoch", "4", "--val_interval", "3", "--num_workers", "0")
+    assert proc.stdout.count("epoch 3/3") == 1  # only rank 0 reports
+    report = json.loads((copy / "logs" / "distributed.json").read_text())
+    ranks = report["ranks"]
+    assert report["world_size"] == 2 and [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["iterations"] == 12 for r in ranks)
+
+    train = {c["id"] for c in training_datalist(str(data), 0, 1)}
+    val = {c["id"] for c in validation_datalist(str(data), 0, 1)}
+    for epoch in range(3):  # every epoch, each rank draws from its own share of the training cases
+        shares = [set(r["train_cases"][epoch]) for r in ranks]
+        assert shares[0] | shares[1] == train and all(s and s != train for s in shares), shares
+    shares = [set(r["val_cases"]) for r in ranks]
+    assert shares[0] | shares[1] == val and not shares[0] & shares[1]  # each held-out case scored once
+    assert ranks[0]["val_mean_dice"] == ranks[1]["val_mean_dice"]  # gathered over both ranks' cases
+    # DDP keeps the replicas equal; rank 0's copy is the one saved
+    last = torch.load(copy / "models" / "checkpoint_latest.pt", weights_only=True)["model"]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"] == weights_digest(last)
+    state = torch.load(copy / "models" / "model.pt", weights_only=True)  # the same, less training-only heads
+    assert all(torch.equal(v, last[k]) for k, v in state.items())
+    assert not any(k.startswith("module.") for k in state)
+    history = json.loads((copy / "logs" / "progress.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["val_dice"] == ranks[0]["val_mean_dice"]
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(copy / "configs" / "inference.yaml"))
-    state = torch.load(copy / "models" / "model.pt", weights_only=True)
-    assert not any(k.startswith("module.") for k in state)
     parser.get_parsed_content("network_def").load_state_dict(state, strict=True)

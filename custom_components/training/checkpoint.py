@@ -18,18 +18,9 @@ import torch
 from ignite.engine import Events
 
 from custom_components.io_utils import atomic_torch_save
+from custom_components.training.distributed import is_main_process, unwrap
 
 CHECKPOINT_NAME = "checkpoint_latest.pt"
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torch.distributed run, or the only process: the one that writes files."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The network inside DistributedDataParallel (its state_dict has no `module.` prefix)."""
-    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
 
 
 def rng_state() -> dict:

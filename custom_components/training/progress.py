@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Events
 
 from custom_components.io_utils import atomic_path, atomic_write_json
-from custom_components.training.checkpoint import is_main_process
+from custom_components.training.distributed import is_main_process, mean_across_ranks
 from custom_components.training.schedules import batch_loss
 
 
@@ -88,7 +88,7 @@ class TrainingProgress:
         epoch = engine.state.epoch
         entry = {
             "epoch": epoch,
-            "loss": self._sum / max(self._n, 1),
+            "loss": mean_across_ranks(self._sum, self._n),  # every rank's batches
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "val_dice": self._val_dice(epoch),
             "seconds": round(time.perf_counter() - self._t0, 2),

@@ -18,6 +18,8 @@ from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from monai.handlers import from_engine
 
+from custom_components.training.distributed import mean_across_ranks
+
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], settings: Mapping) -> torch.optim.Optimizer:
     """Adam or SGD as a schedule's settings say (`optimizer`, `lr`, `weight_decay`, `amsgrad` (Adam; nnU-Net v1
@@ -65,7 +67,7 @@ class PlateauSchedule:
     def step(self, engine) -> None:
         if self._n == 0:
             return
-        loss = self._sum / self._n
+        loss = mean_across_ranks(self._sum, self._n)  # the same on every rank, so their lrs stay equal
         self.loss_ma = loss if self.loss_ma is None else self.alpha * self.loss_ma + (1 - self.alpha) * loss
         self.scheduler.step(self.loss_ma)
         lr = self.optimizer.param_groups[0]["lr"]

@@ -10,7 +10,7 @@ class OptionalValidation(ValidationHandler):
     non-empty validation loader."""
 
     def __init__(self, validator, interval: int, epoch_level: bool = True, exec_at_start: bool = False) -> None:
-        self.active = interval > 0 and validator is not None and len(validator.data_loader) > 0
+        self.active = interval > 0 and validator is not None and len(validator.data_loader.dataset) > 0  # the same on every rank
         super().__init__(interval=max(1, int(interval)), validator=validator, epoch_level=epoch_level, exec_at_start=exec_at_start)
 
     def attach(self, engine) -> None:
