@@ -79,7 +79,16 @@ class ResumableCheckpoint:
         if is_main_process():
             atomic_torch_save(self.state(engine), self.path)
 
+    def remove_interrupted_saves(self) -> None:
+        """Temporary files of saves that a kill interrupted (atomic_path's `.<name>.*.tmp*`): never renamed onto
+        the checkpoint, never read, only taking space."""
+        if is_main_process() and self.ckpt_dir.is_dir():
+            for name in (CHECKPOINT_NAME, self.final_filename):
+                for tmp in self.ckpt_dir.glob(f".{name}.*.tmp*"):
+                    tmp.unlink(missing_ok=True)
+
     def load(self, engine) -> None:
+        self.remove_interrupted_saves()
         if not (self.resume and self.path.is_file()):
             return
         ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
