@@ -11,6 +11,7 @@ import sys
 import fire
 
 from custom_components.data.errors import DatasetError
+from custom_components.data.verify import verify_dataset
 from custom_components.planning.bundle_writer import planned_configurations, template_configuration, write_planned_bundle
 from custom_components.planning.dataset_plan import plan_dataset
 from custom_components.planning.planner import LOWRES_MIN_VOXEL_RATIO
@@ -78,10 +79,16 @@ def _fmt_spacing(values) -> str:
 def main(dataset_dir: str, template: str = "bundles/nnunet_3d_fullres", output_dir: str = "runs/nnunet_3d_fullres",
          memory_gb: float | None = None, base_features: int = 30, max_features: int = 320,
          configuration: str | None = None, force_lowres: bool = False) -> None:
-    """Plan `dataset_dir` and write the planned bundle to `output_dir` (configs/plans.json included).
-    The template names the configuration it is built for; `--configuration` overrides it."""
+    """Verify `dataset_dir` (`scripts.verify_dataset`), plan it and write the planned bundle to `output_dir`
+    (configs/plans.json included). The template names the configuration it is built for; `--configuration`
+    overrides it."""
     try:
         configuration = configuration or template_configuration(template)
+        verification = verify_dataset(dataset_dir)  # every problem at once, before a plan that stops at the first
+        for line in verification.lines():
+            print(line, file=sys.stderr)
+        if verification.errors:
+            sys.exit(2)
         plans = plan_dataset(dataset_dir, memory_gb=memory_gb, base_features=base_features, max_features=max_features,
                              force_lowres=force_lowres)
         out = write_planned_bundle(template, output_dir, plans, configuration, plans["dataset_dir"])

@@ -79,8 +79,14 @@ def _case_id(filename: str, ending: str) -> str:
     return filename[: -len(ending)]
 
 
-def _v2_cases(root: Path, images: str, labels: str | None, ending: str, n_channels: int, require_labels: bool) -> list[dict]:
-    """Group `images/<id>_<cccc><ending>` files by case; pair each case with `labels/<id><ending>`."""
+def _v2_cases(root: Path, images: str, labels: str | None, ending: str, n_channels: int, require_labels: bool,
+              problems: list[str] | None = None) -> list[dict]:
+    """Group `images/<id>_<cccc><ending>` files by case; pair each case with `labels/<id><ending>`.
+
+    Without `problems`, the first missing file is an error. With it (verification), a case keeps the paths of its
+    missing files for the caller to report with the rest, and channel files beyond `n_channels` are collected.
+    """
+    strict = problems is None
     img_dir = root / images
     if not img_dir.is_dir():
         return []
@@ -94,19 +100,24 @@ def _v2_cases(root: Path, images: str, labels: str | None, ending: str, n_channe
         for entry in sorted(os.listdir(root / labels)):
             if entry.endswith(ending) and _case_id(entry, ending) not in by_case:
                 case_id = _case_id(entry, ending)
-                raise DatasetError(f"{img_dir / f'{case_id}_0000{ending}'}: image file is missing for label {root / labels / entry}")
+                if strict:
+                    raise DatasetError(f"{img_dir / f'{case_id}_0000{ending}'}: image file is missing for label {root / labels / entry}")
+                by_case[case_id] = {}  # a labelled case without images: its image paths are reported missing
     cases = []
     for case_id, channels in sorted(by_case.items()):
         missing = [c for c in range(n_channels) if c not in channels]
-        if missing:
+        if missing and strict:
             raise DatasetError(
                 f"{img_dir}: case '{case_id}' lacks channel file(s) "
                 + ", ".join(f"{case_id}_{c:04d}{ending}" for c in missing)
             )
-        case = {"id": case_id, "image": [channels[c] for c in range(n_channels)]}
+        if not strict:
+            problems += [f"{path}: channel {c} is beyond the {n_channels} channel(s) of dataset.json (case '{case_id}')"
+                         for c, path in sorted(channels.items()) if c >= n_channels]
+        case = {"id": case_id, "image": [channels.get(c, str(img_dir / f"{case_id}_{c:04d}{ending}")) for c in range(n_channels)]}
         if labels is not None:
             label_path = root / labels / f"{case_id}{ending}"
-            if label_path.is_file():
+            if label_path.is_file() or (require_labels and not strict):
                 case["label"] = str(label_path)
             elif require_labels:
                 raise DatasetError(f"{label_path}: label file is missing for training case '{case_id}'")
@@ -140,11 +151,20 @@ def _msd_cases(root: Path, path: Path, content: dict) -> tuple[list[dict], list[
     return training, test
 
 
-def read_dataset(dataset_dir: str | os.PathLike) -> DatasetInfo:
+def _report(problems: list[str] | None, message: str) -> None:
+    """Raise the problem, or collect it and go on when the caller verifies everything at once."""
+    if problems is None:
+        raise DatasetError(message)
+    problems.append(message)
+
+
+def read_dataset(dataset_dir: str | os.PathLike, problems: list[str] | None = None) -> DatasetInfo:
     """Parse `dataset.json` (MSD or nnU-Net v2) and list the training and test cases with their files.
 
     Only file names are checked here; pixel-level checks happen when images are loaded
-    (see `custom_components.transforms.checks`).
+    (see `custom_components.transforms.checks`). A problem in the case list (a missing file, a wrong
+    `numTraining`, a duplicate id) is raised; given a `problems` list, it is collected there instead
+    (`custom_components.data.verify`). A `dataset.json` that cannot be understood is always raised.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
@@ -169,25 +189,30 @@ def read_dataset(dataset_dir: str | os.PathLike) -> DatasetInfo:
         ending = content.get("file_ending", ".nii.gz")
         if ending not in NIFTI_ENDINGS:
             raise DatasetError(f"{path}: file_ending '{ending}' is not supported; use one of {NIFTI_ENDINGS}")
-        training = _v2_cases(root, "imagesTr", "labelsTr", ending, len(channel_names), require_labels=True)
-        test = _v2_cases(root, "imagesTs", "labelsTs", ending, len(channel_names), require_labels=False)
+        training = _v2_cases(root, "imagesTr", "labelsTr", ending, len(channel_names), True, problems)
+        test = _v2_cases(root, "imagesTs", "labelsTs", ending, len(channel_names), False, problems)
     declared = content.get("numTraining")
     if isinstance(declared, int) and training and declared != len(training):
-        raise DatasetError(f"{path}: numTraining is {declared} but {len(training)} training case(s) were found")
+        _report(problems, f"{path}: numTraining is {declared} but {len(training)} training case(s) were found")
     ids = [c["id"] for c in training]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise DatasetError(f"{path}: duplicate training case ids {dupes}")
+        _report(problems, f"{path}: duplicate training case ids {dupes}")
     return DatasetInfo(str(root), str(content.get("name", root.name)), channel_names, labels, training, test, layout)
 
 
 def require_training_cases(info: DatasetInfo) -> list[dict]:
     """The training cases, each with existing files; an empty dataset is an error, not an empty run."""
-    if not info.training:
-        raise DatasetError(f"{info.root}: the dataset has no training cases (looked in dataset.json and imagesTr/)")
+    check_has_training_cases(info)
     for case in info.training:
         check_files_exist(case)
     return info.training
+
+
+def check_has_training_cases(info: DatasetInfo) -> None:
+    """An empty dataset is an error, not an empty run (a wrong folder, or a json that lists nothing)."""
+    if not info.training:
+        raise DatasetError(f"{info.root}: the dataset has no training cases (looked in dataset.json and imagesTr/)")
 
 
 def check_files_exist(case: dict) -> None:

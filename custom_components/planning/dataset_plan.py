@@ -15,6 +15,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from custom_components.data.dataset import DatasetInfo, read_dataset, require_training_cases
 from custom_components.data.errors import DatasetError
+from custom_components.data.verify import spacing_problem
 from custom_components.planning.fingerprint import (
     FINGERPRINT_SEED,
     aggregate_fingerprint,
@@ -66,8 +67,8 @@ def fingerprint_dataset(info: DatasetInfo, seed: int = FINGERPRINT_SEED) -> dict
         d = check(d)
         img, lab = d["image"], d["label"]
         spacing = spacing_from_affine(img.affine.numpy())
-        if np.any(spacing <= 0):
-            raise DatasetError(f"{', '.join(map(str, case['image']))}: spacing {spacing.tolist()} is not positive")
+        if problem := spacing_problem(spacing):
+            raise DatasetError(f"{', '.join(map(str, case['image']))}: {problem}")
         prints.append(case_fingerprint(img.numpy().astype(np.float32), lab.numpy()[0].astype(np.int16), spacing, per_case, rng))
     fp = aggregate_fingerprint(prints)
     fp["case_ids"] = [c["id"] for c in cases]
