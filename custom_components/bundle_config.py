@@ -4,6 +4,7 @@ applied. Scripts and components that parse a bundle themselves share this."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,3 +18,60 @@ def bundle_parser(bundle_root: str | os.PathLike, config: str = "inference.yaml"
     parser.read_config(str(Path(bundle_root) / "configs" / config))
     parser.update({"bundle_root": str(bundle_root), **dict(overrides or {})})
     return parser
+
+
+# monai.bundle run's own arguments, which are not config ids
+RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+                 "workflow_name", "workflow_type", "properties_path"}
+
+
+def command_line_overrides(argv: list[str]) -> dict[str, str]:
+    """The `--key value` (or `--key=value`, or a bare `--flag`) pairs of a fire command line, as written."""
+    pairs, i = {}, 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--") and len(token) > 2:
+            key, eq, value = token[2:].partition("=")
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            pairs[key] = value
+        i += 1
+    return pairs
+
+
+def check_command_line_ids(argv: list[str] | None = None) -> None:
+    """Refuse a `python -m monai.bundle run` override whose id is in none of the config files: MONAI would add it
+    as a new, unused id, and a misspelt `--iteration_per_epoch 5` would be silently ignored. Called from the
+    configs' `initialize`; a program that is not monai.bundle's command line (MONAI Label, Deploy) is left alone."""
+    import ast
+    import difflib
+
+    from monai.bundle import ConfigParser
+
+    from custom_components.data.errors import DatasetError
+
+    argv = sys.argv if argv is None else argv
+    if not argv or Path(argv[0]).parent.name != "bundle" or Path(argv[0]).name != "__main__.py":
+        return
+    overrides = command_line_overrides(argv[1:])
+    files = overrides.get("config_file")
+    if not files:
+        return
+    files = ast.literal_eval(files) if files.lstrip().startswith("[") else files
+    parser = ConfigParser()
+    parser.read_config(files)
+    unknown = [k for k in overrides if k not in RUN_ARGUMENTS and k not in parser]
+    if unknown:
+        ids = [k for k in _ids(parser.get())]
+        hints = [f"--{k}" + (f" (did you mean --{m[0]}?)" if (m := difflib.get_close_matches(k, ids, n=1)) else "")
+                 for k in unknown]
+        raise DatasetError(f"{files}: no config id for the override(s) {', '.join(hints)}")
+
+
+def _ids(config, prefix: str = ""):
+    """Every id of a nested config, `a#b#c` style."""
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for k, v in items:
+        name = f"{prefix}{k}"
+        yield name
+        yield from _ids(v, name + "#")

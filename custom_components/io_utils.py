@@ -8,6 +8,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from custom_components.data.errors import DatasetError, OutputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -17,17 +19,21 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. A failure to
+    write (permissions, a full disk) is an OutputError naming `path`; the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -59,3 +65,28 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+
+
+def load_weights(path: str | os.PathLike):
+    """`torch.load(path, weights_only=True)`: tensors and plain containers only, so a file that would run code
+    when unpickled is refused. Any file that is not such a checkpoint is a DatasetError naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DatasetError(f"{path}: refused: not a weights-only checkpoint (it holds pickled objects other than "
+                           f"tensors, which could run code: {str(e).splitlines()[-1][:200]})") from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise DatasetError(f"{path}: cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from e
+
+
+def load_matching_state(module, state, path: str | os.PathLike) -> None:
+    """`module.load_state_dict(state, strict=True)`, a mismatch (weights of another network or plan) being a
+    DatasetError naming the file."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise DatasetError(f"{path}: these weights do not fit the bundle's network ({str(e).splitlines()[0][:300]})") from e

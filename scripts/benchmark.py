@@ -121,7 +121,8 @@ class Bench:
     def preprocess_nnunet(self, tag: str) -> float:
         shutil.rmtree(self.plans_dir, ignore_errors=True)
         seconds, _ = run_measured([self.nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c",
-                                   "3d_fullres", "-np", str(self.threads), "-npfp", str(self.threads)],
+                                   "3d_fullres", "-np", str(self.threads), "-npfp", str(self.threads),
+                                   "--verify_dataset_integrity"],  # as scripts.plan verifies first
                                   self.logs / f"preprocess_nnunet_{tag}.log")
         self.overrides = plan_overrides(self.plans_dir / "nnUNetPlans.json")
         return seconds

@@ -16,9 +16,11 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from custom_components.data.errors import DatasetError
 from custom_components.io_utils import atomic_write_json, atomic_save_nifti
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
+DEMO_NAME = "Demo_SynthCT"
 HU = {"air": -1000.0, "fat": -90.0, "tissue": 25.0, "organ": 85.0, "lesion": 160.0}
 
 
@@ -74,9 +76,28 @@ def synth_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.clip(np.round(image), -1024, 3071).astype(np.int16), label, affine
 
 
+def check_demo_options(out: Path, n_train, n_test, seed) -> None:
+    for name, value, least in (("n_train", n_train, 1), ("n_test", n_test, 0), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise DatasetError(f"--{name} {value!r}: expected a whole number >= {least}")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        meta = out / "dataset.json"
+        try:
+            is_demo = json.loads(meta.read_text()).get("name") == DEMO_NAME
+        except (OSError, ValueError, AttributeError):
+            is_demo = False
+        if not is_demo:
+            raise DatasetError(f"{out}: the folder is not empty and holds no demo dataset; refusing to write into it "
+                               "(choose a new --output_dir)")
+
+
 def make_demo_dataset(output_dir: str | os.PathLike, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
-    """Write the demo dataset in the nnU-Net v2 layout (`_0000` channel suffix, labelsTs included)."""
+    """Write the demo dataset in the nnU-Net v2 layout (`_0000` channel suffix, labelsTs included). A folder that
+    holds anything but an earlier demo dataset is refused: the demo never writes over someone's data."""
     out = Path(output_dir)
+    check_demo_options(out, n_train, n_test, seed)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -87,7 +108,7 @@ def make_demo_dataset(output_dir: str | os.PathLike, n_train: int = 12, n_test: 
         atomic_save_nifti(nib.Nifti1Image(image, affine), out / f"images{split}" / f"{case}_0000.nii.gz")
         atomic_save_nifti(nib.Nifti1Image(label, affine), out / f"labels{split}" / f"{case}.nii.gz")
     atomic_write_json(out / "dataset.json", {
-        "name": "Demo_SynthCT",
+        "name": DEMO_NAME,
         "description": "Synthetic abdominal CT slabs (HU) with a lobulated organ and small enhancing lesions",
         "licence": "CC0",
         "channel_names": {"0": "CT"},

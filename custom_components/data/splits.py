@@ -28,6 +28,17 @@ def _is_all(fold) -> bool:
     return str(fold).lower() == "all"
 
 
+def _fold_part(cases: list[dict], fold, part: str) -> set[str]:
+    """The ids of one part ('train' or 'val') of a fold of nnU-Net's split; a fold outside 0..4 is refused."""
+    try:
+        index = int(fold)
+    except (TypeError, ValueError):
+        index = -1
+    if not 0 <= index < N_FOLDS or str(fold).strip() != str(index):
+        raise DatasetError(f"--fold {fold!r}: expected a fold 0 to {N_FOLDS - 1}, or 'all'")
+    return set(kfold_split([c["id"] for c in cases])[index][part])
+
+
 def _as_item(case: dict) -> dict:
     return {"image": case["image"], "label": case["label"], "id": case["id"]}
 
@@ -46,7 +57,7 @@ def training_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, num_c
     cases = require_training_cases(info)
     if _is_all(fold) or len(cases) < 2:
         return [_as_item(c) for c in cases]
-    keep = set(kfold_split([c["id"] for c in cases])[int(fold)]["train"])
+    keep = _fold_part(cases, fold, "train")
     return [_as_item(c) for c in cases if c["id"] in keep]
 
 
@@ -56,7 +67,7 @@ def validation_datalist(dataset_dir: str | os.PathLike, fold: int | str = 0, val
     cases = require_training_cases(read_dataset(dataset_dir))
     if _is_all(fold) or val_interval <= 0 or len(cases) < 2:
         return []
-    keep = set(kfold_split([c["id"] for c in cases])[int(fold)]["val"])
+    keep = _fold_part(cases, fold, "val")
     return [_as_item(c) for c in cases if c["id"] in keep]
 
 

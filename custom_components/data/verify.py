@@ -59,6 +59,13 @@ def spacing_problem(spacing: Sequence[float]) -> str | None:
     return f"spacing {spacing.tolist()} is not positive" if np.any(spacing <= 0) else None
 
 
+def shape_problem(shape: Sequence[int]) -> str | None:
+    """What is wrong with a volume that is a point or a line (a single slice is fine), or None."""
+    if sum(int(n) >= 2 for n in shape) < 2:
+        return f"shape {tuple(int(n) for n in shape)} is a point or a line; at least two axes need 2 or more voxels"
+    return None
+
+
 def grid_differences(grid: Grid, reference: Grid) -> list[str]:
     """How a grid differs from a reference grid (shape, spacing, origin, direction); [] where it matches.
 
@@ -142,6 +149,8 @@ def _verify_image_file(path: str, case_id: str, report: VerificationReport) -> t
         report.errors.append(f"{path}: image has shape {data.shape}; expected a 3D volume "
                              "(4D with the channels last for MSD's multi-modal cases)")
         return None
+    if problem := shape_problem(data.shape[:3]):
+        report.errors.append(f"{path}: image {problem}")
     if np.issubdtype(data.dtype, np.floating) and (bad := np.count_nonzero(~np.isfinite(data))):
         report.errors.append(f"{path}: image has {bad} NaN or infinite voxel value(s)")
     return (data.shape[3] if data.ndim == 4 else 1), grid

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from custom_components.data.errors import DatasetError
+from custom_components.io_utils import load_matching_state, load_weights
 
 
 class FoldEnsemble(torch.nn.Module):
@@ -54,10 +55,7 @@ def _load(network_def: torch.nn.Module, path: Path, device) -> torch.nn.Module:
     if not path.is_file():
         raise DatasetError(f"{path}: model weights not found; train the bundle first (or choose --folds)")
     net = copy.deepcopy(network_def)
-    try:
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: these weights do not fit the bundle's network_def ({str(e).splitlines()[0]})") from e
+    load_matching_state(net, load_weights(path), path)
     return net.to(device).eval()
 
 

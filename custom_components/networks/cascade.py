@@ -23,6 +23,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from custom_components.data.errors import DatasetError
+from custom_components.io_utils import load_matching_state, load_weights
 from custom_components.inference.ensemble import FoldEnsemble
 from custom_components.inference.mirroring import MirroredSlidingWindowInferer
 
@@ -261,11 +262,7 @@ def with_stage1_weights(cascade: CascadeNet, stage1_model: str | os.PathLike) ->
         raise DatasetError(f"{stage1_model}: stage-1 model not found; train stage 1 of this fold first "
                            "(scripts.cross_validate trains both stages in order; for --fold all, run train_stage1.yaml "
                            "with --fold all --ckpt_dir <bundle>/models/stage1/fold_all)")
-    state = torch.load(stage1_model, map_location="cpu", weights_only=True)
-    try:
-        cascade.stage1.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise DatasetError(f"{stage1_model}: does not fit the cascade's stage-1 network ({str(e).splitlines()[0]})") from e
+    load_matching_state(cascade.stage1, load_weights(stage1_model), stage1_model)
     cascade.stage1.requires_grad_(False)
     cascade.stage1.eval()
     return cascade

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from custom_components.data.errors import DatasetError
+from custom_components.data.errors import DatasetError, OutputError
 from custom_components.io_utils import atomic_write_json, atomic_write_text
 from custom_components.planning.dataset_plan import plan_section
 
@@ -145,13 +145,16 @@ def write_planned_bundle(template: str | os.PathLike, output_dir: str | os.PathL
                                               **{k: plan_section(plans, c) for k, c in sections.items()},
                                               "dataset_dir": str(dataset_dir), "bundle_root": str(out.resolve())})
         flattened[cfg.name] = content
-    out.mkdir(parents=True, exist_ok=True)
-    for item in template.iterdir():
-        dst = out / item.name
-        if item.is_dir():
-            shutil.copytree(item, dst, dirs_exist_ok=True)
-        else:
-            shutil.copy2(item, dst)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for item in template.iterdir():
+            dst = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, dst, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, dst)
+    except (OSError, shutil.Error) as e:
+        raise OutputError(f"{out}: the planned bundle cannot be written there ({getattr(e, 'strerror', None) or e})") from e
     for name, content in flattened.items():
         text = f"# Planned from {name} of bundle template '{template.name}'; the plan section comes from plans.json.\n"
         atomic_write_text(out / "configs" / name, text + yaml.safe_dump(content, sort_keys=False, width=120))

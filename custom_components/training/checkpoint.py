@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from ignite.engine import Events
 
-from custom_components.io_utils import atomic_torch_save
+from custom_components.data.errors import DatasetError
+from custom_components.io_utils import atomic_torch_save, load_matching_state, load_weights
 from custom_components.training.distributed import is_main_process, unwrap
 
 CHECKPOINT_NAME = "checkpoint_latest.pt"
@@ -91,12 +92,18 @@ class ResumableCheckpoint:
         self.remove_interrupted_saves()
         if not (self.resume and self.path.is_file()):
             return
-        ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
-        unwrap(self.network).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        for k, v in ckpt.get("objects", {}).items():
-            if k in self.objects:
-                self.objects[k].load_state_dict(v)
+        ckpt = load_weights(self.path)
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch", "iteration", "rng"} <= ckpt.keys():
+            raise DatasetError(f"{self.path}: not a training checkpoint of this project (expected model, optimizer, "
+                               "epoch, iteration and rng); move it away to train from scratch")
+        load_matching_state(unwrap(self.network), ckpt["model"], self.path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            for k, v in ckpt.get("objects", {}).items():
+                if k in self.objects:
+                    self.objects[k].load_state_dict(v)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise DatasetError(f"{self.path}: its optimiser or schedule state does not fit this training ({e})") from e
         set_rng_state(ckpt["rng"])
         engine.state.epoch = int(ckpt["epoch"])
         engine.state.iteration = int(ckpt["iteration"])

@@ -10,6 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from custom_components.data.errors import DatasetError
+from custom_components.data.verify import shape_problem
 
 
 def source_name(img) -> str:
@@ -54,6 +55,8 @@ class CheckImaged(MapTransform):
             raise DatasetError(f"{name}: image has {spatial} spatial dimension(s) (shape {tuple(img.shape[1:])}); this bundle needs {self.spatial_dims}D images")
         if min(img.shape[1:]) < 1:
             raise DatasetError(f"{name}: image is empty (shape {tuple(img.shape[1:])})")
+        if self.spatial_dims == 3 and (problem := shape_problem(img.shape[1:])):
+            raise DatasetError(f"{name}: image {problem}")
         if self.num_channels is not None and img.shape[0] != self.num_channels:
             raise DatasetError(
                 f"{name}: image has {img.shape[0]} channel(s) but the plan expects {self.num_channels}; "
