@@ -72,8 +72,11 @@ def assert_resumed_like_the_uninterrupted_run(copy: Path, data: Path, reference:
     proc = train(copy, data)
     assert f"at epoch {killed_in_epoch - 1}" in proc.stdout and f"epoch {EPOCHS}/{EPOCHS}" in proc.stdout
     assert f"epoch {killed_in_epoch - 1}/{EPOCHS}" not in proc.stdout  # finished epochs are not trained again
-    assert checkpoint_epoch(copy) == EPOCHS
+    ckpt = torch.load(copy / "models" / "checkpoint_latest.pt", weights_only=True)
+    assert ckpt["epoch"] == EPOCHS and ckpt["iteration"] == EPOCHS * ITERATIONS
+    assert {"model", "optimizer", "rng"} <= ckpt.keys() and {"schedule", "progress"} <= ckpt["objects"].keys()
     got, want = history(copy), history(reference)
+    assert ckpt["objects"]["progress"]["best_val_dice"] == max(h["val_dice"] for h in got)
     assert [h["epoch"] for h in got] == list(range(1, EPOCHS + 1))  # continuous: no gap, no repeat
     assert all(h["val_dice"] is not None for h in got)
     for g, w in zip(got, want):  # the same losses and Dice, epoch by epoch

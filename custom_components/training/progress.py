@@ -105,8 +105,14 @@ class TrainingProgress:
         if self.plot:
             plot_training_curve(self.history, self.log_dir / "training_curve.png")
 
+    def best(self) -> tuple[float | None, int | None]:
+        """The best validation Dice so far and its epoch (None before the first validation)."""
+        scored = [(h["val_dice"], h["epoch"]) for h in self.history if h.get("val_dice") is not None]
+        return max(scored, key=lambda t: (t[0], -t[1])) if scored else (None, None)
+
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        best, epoch = self.best()  # in the checkpoint for whoever reads it; derived again from history on load
+        return {"history": self.history, "best_val_dice": best, "best_epoch": epoch}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.history = list(state["history"])
