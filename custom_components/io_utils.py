@@ -86,7 +86,11 @@ def load_weights(path: str | os.PathLike):
 def load_matching_state(module, state, path: str | os.PathLike) -> None:
     """`module.load_state_dict(state, strict=True)`, a mismatch (weights of another network or plan) being a
     DatasetError naming the file."""
+    import torch
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DatasetError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
     try:
         module.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
+    except RuntimeError as e:
         raise DatasetError(f"{path}: these weights do not fit the bundle's network ({str(e).splitlines()[0][:300]})") from e

@@ -29,6 +29,7 @@ from custom_components.data.dataset import read_dataset
 from custom_components.data.errors import DatasetError
 from custom_components.evaluation.architecture_table import comparison_markdown, plot_comparison
 from custom_components.io_utils import atomic_write_json, atomic_write_text
+from custom_components.bundle_config import overrides_for
 from custom_components.training.cross_validation import cli_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def compare_template(name: str, dataset_dir: str, output_dir: Path, settings: Ma
     _, eval_mb = run_measured(
         [py, "-m", "monai.bundle", "run", "evaluate", "--config_file", str(bundle / "configs" / "evaluate.yaml"),
          "--bundle_root", str(bundle), "--dataset_dir", dataset_dir, "--output_dir", str(predictions)]
-        + cli_overrides(overrides), logs / f"{bundle.name}_evaluate.log")
+        + cli_overrides(overrides_for(bundle / "configs" / "evaluate.yaml", overrides)), logs / f"{bundle.name}_evaluate.log")
     metrics = json.loads((predictions / "metrics.json").read_text())
     progress = json.loads((bundle / "logs" / "progress.json").read_text())
     gpu = [e["peak_gpu_mb"] for e in progress if "peak_gpu_mb" in e]

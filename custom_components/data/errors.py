@@ -3,6 +3,7 @@ and what is wrong, a non-zero exit, no traceback (a traceback is for bugs)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -15,14 +16,14 @@ class OutputError(DatasetError):
 
 
 def user_error(exc: BaseException | None) -> DatasetError | None:
-    """The DatasetError behind an exception, following its causes: MONAI's config parser wraps what a
-    component raises in its own errors."""
+    """The DatasetError behind an exception, following its explicit causes (`raise ... from e`, as MONAI's config
+    parser wraps what a component raises). An exception raised while one was being handled is a bug of its own."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, DatasetError):
             return exc
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
     return None
 
 
@@ -31,7 +32,7 @@ _previous_hook = sys.excepthook
 
 def _report_user_errors(exc_type, exc, tb) -> None:
     error = user_error(exc)
-    if error is None:
+    if error is None or os.environ.get("UNET_FAMILY_TRACEBACK") == "1":
         _previous_hook(exc_type, exc, tb)
     else:
         print(f"error: {error}", file=sys.stderr)
@@ -39,7 +40,8 @@ def _report_user_errors(exc_type, exc, tb) -> None:
 
 def install_excepthook() -> None:
     """Make a DatasetError that ends a program (`python -m monai.bundle run ...` included, whose config imports
-    this package) print as `error: <message>`; every other exception keeps its traceback. The exit code stays 1."""
+    this package) print as `error: <message>`; every other exception keeps its traceback, as does every exception
+    with UNET_FAMILY_TRACEBACK=1. The exit code stays 1."""
     global _previous_hook
     if sys.excepthook is not _report_user_errors:
         _previous_hook = sys.excepthook

@@ -13,7 +13,7 @@ from monai.data import Dataset, decollate_batch
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from custom_components.data.errors import DatasetError
+from custom_components.data.errors import DatasetError, OutputError
 from custom_components.inference.writer import case_id_from_path
 from custom_components.io_utils import atomic_write_json
 
@@ -112,7 +112,10 @@ class FailedCasesReport:
     def _reset(self, engine=None) -> None:
         self.failures.clear()
         self.num_predicted = 0
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as e:
+            raise OutputError(f"{self.path}: the earlier run's report cannot be removed ({e.strerror or e})") from e
 
     def write(self, engine=None) -> None:
         if not self.failures:

@@ -19,7 +19,7 @@ from ignite.engine import Events
 
 from custom_components.data.errors import DatasetError
 from custom_components.io_utils import atomic_torch_save, load_matching_state, load_weights
-from custom_components.training.distributed import is_main_process, unwrap
+from custom_components.training.distributed import is_main_process, same_on_every_rank, unwrap
 
 CHECKPOINT_NAME = "checkpoint_latest.pt"
 
@@ -90,8 +90,20 @@ class ResumableCheckpoint:
 
     def load(self, engine) -> None:
         self.remove_interrupted_saves()
-        if not (self.resume and self.path.is_file()):
+        found = self.resume and self.path.is_file()
+        if found:
+            self.restore(engine)
+        if not same_on_every_rank(engine.state.iteration):  # rank 0 alone writes: the others must read its file
+            raise DatasetError(f"{self.path}: the ranks found different checkpoints (this rank: iteration "
+                               f"{engine.state.iteration}); every node must see rank 0's ckpt_dir (a shared file system)")
+        if not found:
             return
+        print(f"resuming from {self.path} at epoch {engine.state.epoch}", flush=True)
+        if engine.state.epoch >= engine.state.max_epochs:
+            engine.terminate()
+
+    def restore(self, engine) -> None:
+        """Everything the checkpoint holds, back into the network, optimiser, handlers, RNGs and engine state."""
         ckpt = load_weights(self.path)
         if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch", "iteration", "rng"} <= ckpt.keys():
             raise DatasetError(f"{self.path}: not a training checkpoint of this project (expected model, optimizer, "
@@ -107,9 +119,6 @@ class ResumableCheckpoint:
         set_rng_state(ckpt["rng"])
         engine.state.epoch = int(ckpt["epoch"])
         engine.state.iteration = int(ckpt["iteration"])
-        print(f"resuming from {self.path} at epoch {engine.state.epoch}", flush=True)
-        if engine.state.epoch >= engine.state.max_epochs:
-            engine.terminate()
 
     def save_final(self, engine) -> None:
         if not is_main_process():

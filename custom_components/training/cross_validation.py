@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
+from custom_components.bundle_config import overrides_for
 from custom_components.data.dataset import read_dataset, require_training_cases
 from custom_components.data.errors import DatasetError
 from custom_components.data.splits import N_FOLDS, kfold_split
@@ -119,9 +119,8 @@ def cross_validate_stage(root: Path, dataset_dir: str | os.PathLike, folds: Sequ
     class_names = [n for n, v in sorted(info.labels.items(), key=lambda kv: kv[1]) if v != 0]
     # overrides of ids the inference config also has (mirroring, sliding-window batch, plan numbers) apply to
     # the out-of-fold predictions too; training-only ones (epochs, iterations) do not
-    with open(root / "configs" / stage.inference_config) as f:
-        infer_ids = set(yaml.safe_load(f))
-    shared = {k: v for k, v in dict(overrides or {}).items() if k.split("#")[0] in infer_ids and k != "dataset_dir"}
+    shared = overrides_for(root / "configs" / stage.inference_config, overrides or {})
+    shared.pop("dataset_dir", None)
     inference_overrides = {**shared, **dict(inference_overrides or {})}
     for fold in folds:
         if not 0 <= int(fold) < len(split):

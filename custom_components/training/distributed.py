@@ -31,21 +31,34 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
 
 
-def mean_across_ranks(total: float, count: int) -> float:
-    """The mean of a per-rank sum over all ranks' items, so that an epoch's loss (and a schedule driven by it)
-    is the same number on every rank; otherwise the ranks' learning rates, and then their weights, drift apart."""
+def mean_across_ranks(total: float, count: int) -> float | None:
+    """The mean of a per-rank sum over all ranks' items (None where there were none), so that an epoch's loss
+    (and a schedule driven by it) is the same number on every rank; otherwise the ranks' learning rates, and then
+    their weights, drift apart. Every rank must call it, whatever its own count."""
     if is_distributed():
         t = torch.tensor([float(total), float(count)], dtype=torch.float64)
         if torch.distributed.get_backend() == "nccl":
             t = t.cuda()
         torch.distributed.all_reduce(t)
         total, count = float(t[0]), int(t[1])
-    return total / max(count, 1)
+    return total / count if count else None
+
+
+def same_on_every_rank(value: int) -> bool:
+    """Whether every rank holds the same integer (always, in a single process)."""
+    if not is_distributed():
+        return True
+    t = torch.tensor([int(value), -int(value)], dtype=torch.int64)
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t[0]) == -int(t[1])
 
 
 def validation_sampler(dataset):
     """Each rank validates its own share of the held-out cases; MONAI's metrics gather every rank's scores
-    before reducing them. With fewer cases than ranks, cases repeat so that no rank has an empty loader."""
+    before reducing them. With fewer cases than ranks, cases repeat so that no rank has an empty loader (the mean
+    then weights the repeated cases twice)."""
     if not is_distributed():
         return None
     from monai.data import DistributedSampler
@@ -70,9 +83,11 @@ def _case_ids(dataset, indices) -> list[str]:
 
 class DistributedReport:
     """Ignite handler: at the end of a distributed run, rank 0 writes `<log_dir>/distributed.json`, one entry per
-    rank: its iterations, the training cases its sampler gave it in each epoch (the shares are reshuffled every
-epoch), the validation cases it scored, its last validation metric and
-    the digest of its final weights. Does nothing in a single-process run."""
+    rank: its iterations, its share of the training cases in each of the first epochs (reshuffled every epoch),
+    the validation cases it scored, its last validation metric and the digest of its final weights. Iterations
+    and shares count from this run's start, a resumed run's too. Does nothing in a single-process run."""
+
+    MAX_EPOCHS = 10
 
     def __init__(self, log_dir: str, network: torch.nn.Module, sampler=None, validator=None,
                  metric_name: str = "val_mean_dice", filename: str = "distributed.json") -> None:
@@ -91,7 +106,8 @@ epoch), the validation cases it scored, its last validation metric and
             engine.add_event_handler(Events.COMPLETED, self.write)
 
     def _record_cases(self, engine) -> None:
-        if self.sampler is not None:  # MONAI's workflow has set the sampler's epoch already
+        """The rank's share of the cases for this epoch, as its sampler holds them (the first `MAX_EPOCHS`)."""
+        if self.sampler is not None and len(self.train_cases) < self.MAX_EPOCHS:  # the sampler's epoch is set
             self.train_cases.append(_case_ids(engine.state.dataloader.dataset, list(iter(self.sampler))))
 
     def _count(self, engine) -> None:

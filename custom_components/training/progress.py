@@ -88,7 +88,7 @@ class TrainingProgress:
         epoch = engine.state.epoch
         entry = {
             "epoch": epoch,
-            "loss": mean_across_ranks(self._sum, self._n),  # every rank's batches
+            "loss": mean_across_ranks(self._sum, self._n) or 0.0,  # every rank's batches
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "val_dice": self._val_dice(epoch),
             "seconds": round(time.perf_counter() - self._t0, 2),

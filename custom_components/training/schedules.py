@@ -65,9 +65,9 @@ class PlateauSchedule:
         self._n += 1
 
     def step(self, engine) -> None:
-        if self._n == 0:
-            return
         loss = mean_across_ranks(self._sum, self._n)  # the same on every rank, so their lrs stay equal
+        if loss is None:
+            return
         self.loss_ma = loss if self.loss_ma is None else self.alpha * self.loss_ma + (1 - self.alpha) * loss
         self.scheduler.step(self.loss_ma)
         lr = self.optimizer.param_groups[0]["lr"]
