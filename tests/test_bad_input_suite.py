@@ -8,9 +8,7 @@ that would run code, the code must not have run.
 
 from __future__ import annotations
 
-import errno
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_bad_input import make_tiny_ct_dataset
+from tests.test_bad_input import digest, make_tiny_ct_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -381,12 +379,8 @@ def inference_on_a_folder_of_files_that_are_not_dicom(s: Setting) -> BadInput:
     return BadInput(infer(s.bundle, series, s.tmp / "out", series=True), series.parent, str(series))
 
 
-def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_the_suite_covers_at_least_25_distinct_bad_inputs():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 25 and len(set(CASES.values())) == len(CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -4,7 +4,6 @@ does the same and scores the good cases. The checks that need no trained bundle 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -24,6 +23,7 @@ from custom_components.data import DatasetError
 from custom_components.inference import FailedCasesReport, SkipFailedCasesDataset
 from custom_components.inference.failures import FAILED_CASE, REPORT_NAME
 from custom_components.transforms import CheckImaged
+from tests.test_bad_input import digest
 from tests.test_bundle_workflow import bundle_run, run
 
 GOOD_COPIES = ("extra_001", "extra_002")
@@ -37,11 +37,6 @@ def bundle_run_failing(workflow: str, bundle: Path, *overrides: str):
     return run("-m", "monai.bundle", "run", workflow, "--config_file", str(config), "--bundle_root", str(bundle),
                *overrides, check=False)
 
-
-def digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under `root` (a file added or removed changes it too)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def truncate(path: Path) -> None:
