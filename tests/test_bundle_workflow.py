@@ -337,7 +337,7 @@ def test_two_process_gloo_training_shares_the_work_and_rank_zero_writes_the_comm
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "logs"))
     configs = f"['{copy / 'configs' / 'train.yaml'}','{copy / 'configs' / 'multi_gpu_train.yaml'}']"
-    proc = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
+    proc = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
                "--config_file", configs, "--bundle_root", str(copy), "--dataset_dir", str(data),
                "--train#trainer#max_epochs", "3", "--iterations_per_epoch", "4", "--val_interval", "3", "--num_workers", "0")
     assert proc.stdout.count("epoch 3/3") == 1  # only rank 0 reports

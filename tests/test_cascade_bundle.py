@@ -198,7 +198,7 @@ def test_two_process_gloo_training_of_stage_2_writes_one_whole_cascade(cascade, 
     shutil.copytree(bundle / "stage1" / "cv", copy / "stage1" / "cv")
     shutil.rmtree(copy / "models" / "fold_0")
     configs = f"['{copy / 'configs' / 'train.yaml'}','{copy / 'configs' / 'multi_gpu_train.yaml'}']"
-    proc = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
+    proc = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
                "--config_file", configs, "--bundle_root", str(copy), "--dataset_dir", str(data), "--val_interval", "0",
                "--num_workers", "0", "--ckpt_dir", str(copy / "models" / "fold_0"), *TINY[:4])
     assert proc.stdout.count("epoch 1/1") == 1  # only rank 0 reports and writes

@@ -58,6 +58,7 @@ def test_bad_requests_are_refused_before_any_training(small_data, tmp_path, temp
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # trains and scores two templates: the tool's end-to-end run, as test_benchmark_peer's
 def test_compare_trains_and_scores_each_template_then_reuses_its_records(small_data, tmp_path):
     out = tmp_path / "c"
     args = ["-m", "scripts.compare", "--dataset_dir", str(small_data), "--output_dir", str(out),
@@ -84,6 +85,7 @@ def test_compare_trains_and_scores_each_template_then_reuses_its_records(small_d
     assert json.loads((out / "comparison.json").read_text())["templates"] == result["templates"]
 
 
+@pytest.mark.slow  # times training steps of a planned network: a benchmark tool, as test_benchmark_peer's
 def test_network_benchmark_times_a_training_step_of_planned_bundles(small_data, tmp_path):
     bundle = tmp_path / "residual_unet"
     run("-m", "scripts.plan", "--dataset_dir", str(small_data), "--template", "bundles/residual_unet", "--output_dir", str(bundle))
