@@ -242,3 +242,13 @@ def test_a_dataset_json_that_cannot_be_read_is_the_one_error(tmp_path, capsys):
     assert error_lines(err) == [line for line in err.splitlines() if line] and len(error_lines(err)) == 1
     assert f"{root / 'dataset.json'}: cannot be read as JSON" in err
     assert out.strip() == "0 case(s) checked: 1 error(s), 0 warning(s)"
+
+
+def test_an_image_file_without_a_channel_suffix_is_named_not_silently_left_out(tmp_path):
+    root = make_tiny_ct_dataset(tmp_path / "ds")
+    misnamed = root / "imagesTr" / "case_003.nii.gz"  # the MSD name in an nnU-Net v2 folder
+    image_path(root, "case_003").rename(misnamed)
+    (root / "imagesTr" / "notes.txt").write_text("not an image, not a problem")
+    errors = verify_dataset(root).errors
+    assert f"{misnamed}: not named <case>_<channel>.nii.gz (such as case_001_0000.nii.gz), so no case reads it" in errors
+    assert not [e for e in errors if "notes.txt" in e]

@@ -84,7 +84,8 @@ def _v2_cases(root: Path, images: str, labels: str | None, ending: str, n_channe
     """Group `images/<id>_<cccc><ending>` files by case; pair each case with `labels/<id><ending>`.
 
     Without `problems`, the first missing file is an error. With it (verification), a case keeps the paths of its
-    missing files for the caller to report with the rest, and channel files beyond `n_channels` are collected.
+    missing files for the caller to report with the rest, and channel files beyond `n_channels` and image files
+    without a channel suffix are collected.
     """
     strict = problems is None
     img_dir = root / images
@@ -96,6 +97,9 @@ def _v2_cases(root: Path, images: str, labels: str | None, ending: str, n_channe
         m = pattern.match(entry)
         if m:
             by_case.setdefault(m.group(1), {})[int(m.group(2))] = str(img_dir / entry)
+        elif problems is not None and entry.endswith(ending):  # a case that training would silently leave out
+            problems.append(f"{img_dir / entry}: not named <case>_<channel>{ending} (such as case_001_0000{ending}), "
+                            "so no case reads it")
     if require_labels and labels is not None and (root / labels).is_dir():
         for entry in sorted(os.listdir(root / labels)):
             if entry.endswith(ending) and _case_id(entry, ending) not in by_case:
