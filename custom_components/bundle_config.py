@@ -42,12 +42,38 @@ def command_line_overrides(argv: list[str]) -> dict[str, str]:
 
 
 def unknown_override(parser, key: str) -> bool:
-    """An override id that would change nothing: in none of the configs, and not a new key of a mapping that is
-    (a new argument of a `_target_` component, or a new entry of a table such as `schedules`)."""
+    """An override id that would change nothing, or break instantiation: in none of the configs, and not a new
+    key of a mapping that is (an argument that its `_target_` component takes, or a new entry of a table such as
+    `schedules`)."""
     if key in RUN_ARGUMENTS or key.startswith("_meta_") or key in parser:
         return False
-    parent = key.rpartition("#")[0]
-    return not parent or parent not in parser or not isinstance(parser.get(parent), dict)
+    parent, _, name = key.rpartition("#")
+    if not parent or parent not in parser or not isinstance(parser.get(parent), dict):
+        return True
+    arguments = component_arguments(parser, parent)
+    return arguments is not None and not name.startswith("_") and name not in arguments
+
+
+def component_arguments(parser, component: str) -> list[str] | None:
+    """The argument names of the callable that the mapping at `component` instantiates; None where any name may
+    be right (not a component, a `**kwargs` callable, or a target that cannot be looked up here)."""
+    import inspect
+    from pydoc import locate
+
+    from monai.bundle.config_item import ComponentLocator, ConfigComponent
+
+    config = parser.get(component)
+    if not ConfigComponent.is_instantiable(config):
+        return None
+    target = ConfigComponent(config, locator=ComponentLocator()).resolve_module_name()
+    found = locate(target) if isinstance(target, str) else target
+    try:
+        parameters = list(inspect.signature(found).parameters.values()) if found is not None else None
+    except (TypeError, ValueError):
+        return None
+    if parameters is None or any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters]
 
 
 def check_command_line_ids(bundle_root: str | os.PathLike | None = None, argv: list[str] | None = None) -> None:
@@ -78,9 +104,13 @@ def check_command_line_ids(bundle_root: str | os.PathLike | None = None, argv: l
     unknown = [k for k in overrides if unknown_override(parser, k)]
     if unknown:
         ids = list(_ids(parser.get()))
-        hints = [f"--{k}" + (f" (did you mean --{m[0]}?)" if (m := difflib.get_close_matches(k, ids, n=1)) else "")
-                 for k in unknown]
-        raise DatasetError(f"{files}: no config id for the override(s) {', '.join(hints)}")
+        hints = []
+        for k in unknown:
+            parent = k.rpartition("#")[0]
+            arguments = component_arguments(parser, parent) if parent and isinstance(parser.get(parent), dict) else None
+            near = difflib.get_close_matches(k, ids + [f"{parent}#{a}" for a in arguments or ()], n=1)
+            hints.append(f"--{k}" + (f" (did you mean --{near[0]}?)" if near else ""))
+        raise DatasetError(f"{files}: no config id, nor an argument of its component, for the override(s) {', '.join(hints)}")
 
 
 def overrides_for(config_path: str | os.PathLike, overrides: Mapping) -> dict:

@@ -36,6 +36,12 @@ def test_a_misspelt_top_level_id_is_refused_with_the_nearest_id(config):
         check(config, "--iteration_per_epoch", "5")
 
 
+def test_an_argument_that_the_component_does_not_take_is_refused_with_the_nearest_argument(config):
+    with pytest.raises(DatasetError, match=r"--network_def#dropuot \(did you mean --network_def#dropout\?\)"):
+        check(config, "--network_def#dropuot", "0.1")
+    check(config, "--network_def#_disabled_", "true")  # MONAI's own keys of a component pass
+
+
 def test_a_key_below_a_missing_parent_is_refused(config):
     with pytest.raises(DatasetError, match="--augmentation#rotation"):
         check(config, "--augmentation#rotation", "30")
