@@ -3,6 +3,7 @@ applied. Scripts and components that parse a bundle themselves share this."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -47,11 +48,24 @@ def unknown_override(parser, key: str) -> bool:
     `schedules`)."""
     if key in RUN_ARGUMENTS or key.startswith("_meta_") or key in parser:
         return False
-    parent, _, name = key.rpartition("#")
-    if not parent or parent not in parser or not isinstance(parser.get(parent), dict):
+    parent, name = mapping_of(parser, key), key.rpartition("#")[2]
+    if parent is None:
         return True
     arguments = component_arguments(parser, parent)
     return arguments is not None and not name.startswith("_") and name not in arguments
+
+
+def mapping_of(parser, key: str) -> str | None:
+    """The id of the config mapping that `key` would be a new key of; None where there is none."""
+    parent = key.rpartition("#")[0]
+    return parent if parent and parent in parser and isinstance(parser.get(parent), dict) else None
+
+
+@functools.cache
+def _locator():
+    from monai.bundle.config_item import ComponentLocator
+
+    return ComponentLocator()  # it scans MONAI's modules once, on its first lookup
 
 
 def component_arguments(parser, component: str) -> list[str] | None:
@@ -60,18 +74,18 @@ def component_arguments(parser, component: str) -> list[str] | None:
     import inspect
     from pydoc import locate
 
-    from monai.bundle.config_item import ComponentLocator, ConfigComponent
+    from monai.bundle.config_item import ConfigComponent
 
     config = parser.get(component)
     if not ConfigComponent.is_instantiable(config):
         return None
-    target = ConfigComponent(config, locator=ComponentLocator()).resolve_module_name()
+    target = ConfigComponent(config, locator=_locator()).resolve_module_name()
     found = locate(target) if isinstance(target, str) else target
     try:
-        parameters = list(inspect.signature(found).parameters.values()) if found is not None else None
-    except (TypeError, ValueError):
+        parameters = inspect.signature(found).parameters.values()
+    except (TypeError, ValueError):  # None (not found), or a callable without a signature
         return None
-    if parameters is None or any(p.kind is p.VAR_KEYWORD for p in parameters):
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
     return [p.name for p in parameters]
 
@@ -106,8 +120,8 @@ def check_command_line_ids(bundle_root: str | os.PathLike | None = None, argv: l
         ids = list(_ids(parser.get()))
         hints = []
         for k in unknown:
-            parent = k.rpartition("#")[0]
-            arguments = component_arguments(parser, parent) if parent and isinstance(parser.get(parent), dict) else None
+            parent = mapping_of(parser, k)
+            arguments = component_arguments(parser, parent) if parent is not None else None
             near = difflib.get_close_matches(k, ids + [f"{parent}#{a}" for a in arguments or ()], n=1)
             hints.append(f"--{k}" + (f" (did you mean --{near[0]}?)" if near else ""))
         raise DatasetError(f"{files}: no config id, nor an argument of its component, for the override(s) {', '.join(hints)}")

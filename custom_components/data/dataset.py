@@ -97,7 +97,7 @@ def _v2_cases(root: Path, images: str, labels: str | None, ending: str, n_channe
         m = pattern.match(entry)
         if m:
             by_case.setdefault(m.group(1), {})[int(m.group(2))] = str(img_dir / entry)
-        elif problems is not None and entry.endswith(ending):  # a case that training would silently leave out
+        elif not strict and entry.endswith(ending):  # a case that training would silently leave out
             problems.append(f"{img_dir / entry}: not named <case>_<channel>{ending} (such as case_001_0000{ending}), "
                             "so no case reads it")
     if require_labels and labels is not None and (root / labels).is_dir():
